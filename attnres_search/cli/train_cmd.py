@@ -1,0 +1,125 @@
+"""``attnres-search train`` (one run, a summary table or JSON) and ``attnres-search plot``
+(the figures of a finished run). Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+import click
+
+from attnres_search.cli.errors import BadInput
+from attnres_search.cli.options import TOKENS, preset_option
+
+
+def _si(value: float) -> str:
+    """3 significant digits with a k/M/G/T/P suffix: 1234567 -> 1.23M."""
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    exponent = min(5, max(0, int(math.log10(abs(value)) // 3)))
+    return f"{value / 1000**exponent:.3g}{['', 'k', 'M', 'G', 'T', 'P'][exponent]}"
+
+
+def _summary_table(result: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="training run", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("parameters", f"{_si(result.params_total)} ({_si(result.params_non_embedding)} non-embedding)"),
+        ("FLOPs / token (train)", _si(result.flops_per_token)),
+        ("FLOPs total", _si(result.flops_total)),
+        ("tokens / steps", f"{_si(result.tokens)} / {result.steps}"),
+        ("tokens / s", _si(result.tokens_per_s)),
+        ("final val loss", f"{result.final_val_loss:.4f}"),
+        ("best val loss", f"{result.best_val_loss:.4f}"),
+        ("final val bits/byte", f"{result.final_val_bpb:.4f}" if result.final_val_bpb is not None else "n/a (not byte-level)"),
+        ("wall time", f"{result.wall_time_s:.1f} s"),
+        ("device", result.device_name),
+        ("data hash", (result.data_hash or "")[:16]),
+    ]
+    if result.resumed_from_step is not None:
+        rows.append(("resumed from step", str(result.resumed_from_step)))
+    if result.config.get("out_dir"):
+        rows.append(("written to", str(result.config["out_dir"])))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@click.command()
+@preset_option()
+@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Transformer blocks L_b (the residual rule sees 2·L_b sublayers).")
+@click.option("--width", "d_model", type=click.IntRange(min=2), default=128, show_default=True, help="d_model.")
+@click.option("--heads", "n_heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--vocab", "vocab_size", type=click.IntRange(min=2), default=None,
+              help="Model vocabulary [default: the data's: 256 for bytes, the shards' vocab option].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Sequences per step and device.")
+@click.option("--tokens", type=TOKENS, default="1M", show_default=True, help="Token budget (500k, 2M, 1.5B).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Train this many steps instead of a token budget.")
+@click.option("--data", default="pystdlib", show_default=True, help="pystdlib | text:PATH | shards:GLOB[?vocab=N] | hf:NAME[:CONFIG].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default="adamw", show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--muon-lr", type=float, default=0.02, show_default=True, help="Muon learning rate (hidden matrices).")
+@click.option("--weight-decay", type=float, default=0.1, show_default=True)
+@click.option("--schedule", type=click.Choice(["wsd", "cosine"]), default="wsd", show_default=True)
+@click.option("--warmup-frac", type=float, default=0.05, show_default=True)
+@click.option("--decay-frac", type=float, default=0.2, show_default=True, help="WSD: fraction of steps in the final decay.")
+@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Global gradient-norm clip (0: none).")
+@click.option("--val-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--val-windows", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--diagnostics-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--precision", default="auto", show_default=True, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision.")
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model.")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs for this run (DDP when > 1).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write run.json, diagnostics.json, checkpoints here.")
+@click.option("--ckpt-every", type=click.IntRange(min=1), default=None, help="Checkpoint every N steps (needs --out).")
+@click.option("--resume", is_flag=True, help="Continue from --out's last checkpoint when there is one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no table.")
+def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int | None,
+          tokens: int, steps: int | None, as_json: bool, quiet: bool, **run_fields: Any) -> None:
+    """Train one model and report loss, compute and throughput."""
+    from attnres_search.config import ModelConfig, preset as get_preset
+    from attnres_search.data import source_vocab_size
+    from attnres_search.run_types import RunConfig
+    from attnres_search.train import NonFiniteLoss, run
+
+    try:
+        model = ModelConfig(
+            vocab_size=vocab_size or source_vocab_size(run_fields["data"]),
+            n_layers=n_layers, d_model=d_model, n_heads=n_heads, seq_len=seq_len, residual=get_preset(preset),
+        )
+        cfg = RunConfig(model=model, tokens=None if steps is not None else tokens, steps=steps, **run_fields)
+        result = run(cfg, progress=False if quiet or as_json else None)
+    except NonFiniteLoss as exc:
+        raise click.ClickException(f"training diverged: {exc}") from None
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif not quiet:
+        from rich.console import Console
+
+        Console(file=sys.stdout).print(_summary_table(result))
+
+
+@click.command()
+@click.argument("run_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the PNG files.")
+def plot(run_json: str, out_dir: str) -> None:
+    """Loss curve, output-magnitude and gradient profiles, depth-mixing heatmap of a run."""
+    from attnres_search.plots import plot_run
+
+    try:
+        paths = plot_run(run_json, out_dir)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    for path in paths:
+        click.echo(str(path))

@@ -1,0 +1,383 @@
+"""The four reports (ablation, block-count, depth-width, scaling) built from a study's
+records: our numbers with their statistics, the paper's figures beside them, a verdict."""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any, Iterable
+
+from attnres_search import paper
+from attnres_search.config import preset_label
+from attnres_search.reports import fits
+from attnres_search.reports.records import Group, StudyRecords, TrialRecord
+from attnres_search.reports.stats import NO_FIGURE, Comparison, paired_test, summarize, verdict
+from attnres_search.reports.tables import (Column, Report, Row, Table, count, key, mean_ci, num, pvalue, sci,
+                                           signed)
+from attnres_search.spaces import KINDS
+
+_TEST_NAMES = {"t": "paired t-test (scipy.stats.ttest_rel)", "wilcoxon": "Wilcoxon signed-rank (scipy.stats.wilcoxon)"}
+
+
+def build_report(records: StudyRecords, study_name: str, kind: str, *, test: str = "t", alpha: float = 0.05,
+                 progress_note: str | None = None) -> Report:
+    if kind not in KINDS:
+        raise ValueError(f"report kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    builder = {"ablation": _ablation, "block-count": _block_count, "depth-width": _depth_width,
+               "scaling": _scaling}[kind]
+    report = Report(title=f"{kind} report: study {study_name} (space {records.space.name})", kind=kind,
+                    study=study_name)
+    builder(report, records, test, alpha)
+    if progress_note:
+        report.notes.insert(0, progress_note)
+    report.notes.extend(_failure_notes(records))
+    return report
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def describe_residual(residual: dict[str, Any], n_layers: int | None) -> str:
+    """A short, human description of a residual rule's fields (what a preset name hides)."""
+    kind = residual.get("kind", "prenorm")
+    if kind in ("mhc", "mhc_lite"):
+        return f"{kind.replace('_', '-')} m={residual.get('streams', 4)}"
+    if kind in ("prenorm", "denseformer"):
+        return kind
+    s = block_size(residual, n_layers)
+    parts = ["full" if kind == "full" else f"block S={s if s is not None else '?'}"]
+    if kind == "block" and s and n_layers:
+        parts[0] += f" (N={2 * n_layers // s})"
+    extras = {("score", "sigmoid"): "sigmoid", ("key_norm", "none"): "no key norm",
+              ("query", "input_dependent"): "input-dep. query", ("mixing", "input_independent"): "static mixing"}
+    parts += [label for (name, value), label in extras.items() if residual.get(name) == value]
+    if residual.get("heads", 1) > 1:
+        parts.append(f"H={residual['heads']}")
+    if residual.get("window"):
+        parts.append(f"window 1+{residual['window']}")
+    return ", ".join(parts)
+
+
+def block_size(residual: dict[str, Any], n_layers: int | None) -> int | None:
+    """Sublayers per block (1 for Full AttnRes), None for rules without blocks."""
+    kind = residual.get("kind")
+    if kind == "full":
+        return 1
+    if kind != "block":
+        return None
+    if residual.get("block_size"):
+        return int(residual["block_size"])
+    if residual.get("num_blocks") and n_layers:
+        return 2 * n_layers // int(residual["num_blocks"])
+    return None
+
+
+def _residual_of(records: StudyRecords, variant: str, recs: list[TrialRecord]) -> tuple[dict[str, Any], int | None]:
+    if recs:
+        model = recs[0].model
+        return model.get("residual", {}), model.get("n_layers")
+    return records.space.variant(variant).residual.to_dict(), records.space.model.get("n_layers")
+
+
+def _mean_attr(recs: Iterable[TrialRecord], name: str) -> float | None:
+    values = [r.get(name) for r in recs if isinstance(r.get(name), (int, float))]
+    return fmean(values) if values else None
+
+
+def _loss_fields(recs: list[TrialRecord]) -> Row:
+    s = summarize([r.loss for r in recs])
+    return {"n": s.n, "loss_mean": s.mean, "loss_ci_low": s.ci_low, "loss_ci_high": s.ci_high,
+            "loss_ci_half": s.half_width, "loss_std": s.std}
+
+
+def _compare(recs: list[TrialRecord], base: list[TrialRecord], test: str) -> Comparison | None:
+    """Pair runs by seed; only seeds both sides ran count."""
+    by_seed = {r.seed: r.loss for r in base}
+    pairs = [(r.loss, by_seed[r.seed]) for r in recs if r.seed in by_seed]
+    if not pairs:
+        return None
+    return paired_test([p[0] for p in pairs], [p[1] for p in pairs], test)
+
+
+def _delta_fields(comparison: Comparison | None) -> Row:
+    if comparison is None:
+        return {"n_pairs": 0, "delta_mean": None, "delta_ci_low": None, "delta_ci_high": None,
+                "delta_ci_half": None, "p_value": None}
+    d = comparison.delta
+    return {"n_pairs": comparison.n_pairs, "delta_mean": d.mean, "delta_ci_low": d.ci_low, "delta_ci_high": d.ci_high,
+            "delta_ci_half": d.half_width, "p_value": comparison.p_value}
+
+
+def _group_text(group: Group) -> str:
+    return " ".join(f"{k}={v}" for k, v in group)
+
+
+def _groups(records: StudyRecords) -> list[Group]:
+    return records.groups() or [()]
+
+
+def _paper_text(row: Row) -> str:
+    if row.get("paper_loss") is None:
+        return "—"
+    return ("≈" if row.get("paper_approx") else "") + num(row["paper_loss"], 3)
+
+
+def _failure_notes(records: StudyRecords) -> list[str]:
+    notes = []
+    for label, counter in (("failed", records.failed), ("pruned", records.pruned)):
+        for (variant, group), n in counter.items():
+            where = f"{variant} {_group_text(group)}".strip()
+            notes.append(f"{where}: {n} {label} trial(s), left out of the statistics")
+    return notes
+
+
+def _stat_notes(records: StudyRecords, test: str, alpha: float) -> list[str]:
+    return [
+        f"mean ± half-width of the 95% Student-t interval over seeds; Δ = variant − {records.space.baseline}, "
+        f"paired by seed; p: {_TEST_NAMES[test]}",
+        f"verdict: 'reproduced' when our Δ has the paper's sign with p < {alpha}, 'opposite' when it has the "
+        "other sign with p < alpha, else 'inconclusive'; it judges the direction, not the size, of the effect "
+        "(the paper's figures are for its 436M-parameter, 16-block model on 87.9B tokens)",
+    ]
+
+
+# ----------------------------------------------------------------------------------- ablation
+
+def _variant_rows(records: StudyRecords, test: str, alpha: float) -> list[Row]:
+    base_name = records.space.baseline
+    base_paper = paper.table4(records.paper_preset(base_name))
+    rows = []
+    for group in _groups(records):
+        base = records.select(base_name, group)
+        for variant in records.variants():
+            recs = records.select(variant, group)
+            residual, n_layers = _residual_of(records, variant, recs)
+            preset = records.paper_preset(variant)
+            fig = paper.table4(preset)
+            row: Row = {"variant": variant, **dict(group), "config": describe_residual(residual, n_layers),
+                        "block_size": block_size(residual, n_layers),
+                        "paper_row": preset_label(preset) if preset else None}
+            row.update(_loss_fields(recs))
+            is_base = variant == base_name
+            comparison = None if is_base else _compare(recs, base, test)
+            row.update(_delta_fields(comparison))
+            row.update({"test": test, "params": _mean_attr(recs, "params_total"),
+                        "flops": _mean_attr(recs, "flops_total"), "tokens": _mean_attr(recs, "tokens"),
+                        "tokens_per_s": _mean_attr(recs, "tokens_per_s"),
+                        "paper_loss": fig.loss if fig else None, "paper_approx": bool(fig and fig.approx),
+                        "paper_source": fig.source if fig else None})
+            paper_delta = None if is_base or fig is None or base_paper is None else fig.loss - base_paper.loss
+            row["paper_delta"] = paper_delta
+            row["verdict"] = NO_FIGURE if is_base else verdict(comparison, paper_delta, alpha)
+            rows.append(row)
+    return rows
+
+
+def _variant_columns(rows: list[Row], test: str, with_s: bool = False) -> list[Column]:
+    group_keys = [k for k in rows[0] if k not in _ROW_KEYS] if rows else []
+    cols = [Column("Variant", key("variant"), "left")]
+    cols += [Column(k, key(k)) for k in group_keys]
+    if with_s:
+        cols.append(Column("S", key("block_size")))
+    cols += [
+        Column("Config", key("config"), "left"),
+        Column("n", key("n")),
+        Column("Val loss (95% CI)", mean_ci("loss_mean", "loss_ci_half")),
+        Column("Δ vs baseline", mean_ci("delta_mean", "delta_ci_half", sign=True)),
+        Column("p (t)" if test == "t" else "p (Wilcoxon)", key("p_value", pvalue)),
+        Column("Params", key("params", count)),
+        Column("FLOPs", key("flops", sci)),
+        Column("tok/s", key("tokens_per_s", count)),
+        Column("Paper loss", _paper_text),
+        Column("Paper Δ", lambda r: "—" if r.get("paper_delta") is None
+               else ("≈" if r.get("paper_approx") else "") + signed(r["paper_delta"], 3)),
+        Column("Verdict", key("verdict"), "left"),
+    ]
+    return cols
+
+
+_ROW_KEYS = {"variant", "config", "block_size", "paper_row", "n", "loss_mean", "loss_ci_low", "loss_ci_high",
+             "loss_ci_half", "loss_std", "n_pairs", "delta_mean", "delta_ci_low", "delta_ci_high", "delta_ci_half",
+             "p_value", "test", "params", "flops", "tokens", "tokens_per_s", "paper_loss", "paper_approx",
+             "paper_source", "paper_delta", "verdict"}
+
+
+def _ablation(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
+    rows = _variant_rows(records, test, alpha)
+    report.tables.append(Table("variants", "Variants against the baseline (paper: Table 4)",
+                               _variant_columns(rows, test), rows))
+    report.notes += _stat_notes(records, test, alpha)
+    if any(r["paper_approx"] for r in rows):
+        report.notes.append("≈: the paper gives this figure only approximately (Figure 6, or Table 2's mHC(-lite))")
+
+
+def _block_count(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
+    rows = _variant_rows(records, test, alpha)
+    rows.sort(key=lambda r: (r["block_size"] is not None, r["block_size"] or 0))
+    report.tables.append(Table("block_sizes", "Block size S (sublayers per block; S = 1 is Full AttnRes)",
+                               _variant_columns(rows, test, with_s=True), rows))
+    report.notes += _stat_notes(records, test, alpha)
+    report.notes.append("paper (Figure 6): S = 2, 4, 8 all land near 1.746, S = 16 and 32 drift toward the "
+                        "baseline (1.766), Full AttnRes (S = 1) 1.737")
+
+
+# -------------------------------------------------------------------------------- depth-width
+
+def _ratio(rec: TrialRecord) -> float | None:
+    model = rec.model
+    if model.get("d_model") and model.get("n_layers"):
+        return model["d_model"] / model["n_layers"]
+    return None
+
+
+def _depth_width(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
+    base_name = records.space.baseline
+    cells: list[Row] = []
+    for group in _groups(records):
+        base = records.select(base_name, group)
+        for variant in records.variants():
+            recs = records.select(variant, group)
+            if not recs:
+                continue
+            model = recs[0].model
+            row: Row = {"variant": variant, **dict(group), "actual_ratio": _ratio(recs[0]),
+                        "n_layers": model.get("n_layers"), "d_model": model.get("d_model"),
+                        "family": paper.depth_width_family(model.get("residual", {}).get("kind", "prenorm"))}
+            row.update(_loss_fields(recs))
+            row.update(_delta_fields(None if variant == base_name else _compare(recs, base, test)))
+            row.update({"params": _mean_attr(recs, "params_non_embedding"), "tokens": _mean_attr(recs, "tokens"),
+                        "flops": _mean_attr(recs, "flops_total")})
+            cells.append(row)
+    cols = [Column("Variant", key("variant"), "left"), Column("ratio", key("ratio")),
+            Column("d/L_b", key("actual_ratio", lambda v: f"{v:.1f}")), Column("L_b", key("n_layers")),
+            Column("d_model", key("d_model")), Column("n", key("n")),
+            Column("Val loss (95% CI)", mean_ci("loss_mean", "loss_ci_half")),
+            Column("Δ vs baseline", mean_ci("delta_mean", "delta_ci_half", sign=True)),
+            Column("p", key("p_value", pvalue)), Column("Params (non-emb.)", key("params", count)),
+            Column("Tokens", key("tokens", count)), Column("FLOPs", key("flops", sci))]
+    report.tables.append(Table("cells", "Loss per shape at a fixed FLOP budget", cols, cells))
+
+    optima = _depth_width_optima(cells)
+    report.tables.append(Table("optima", "Fitted optimum d_model/L_b (quadratic in log ratio)", [
+        Column("Variant", key("variant"), "left"),
+        Column("Fitted optimum", key("optimum_ratio", lambda v: f"{v:.1f}")),
+        Column("Loss there", key("optimum_loss", num)),
+        Column("Inside grid", key("interior", lambda v: "yes" if v else "no (best measured)")),
+        Column("R²", key("r2", lambda v: f"{v:.3f}")),
+        Column("Paper optimum", key("paper_optimum", lambda v: f"{v:.0f}")),
+        Column("Paper loss", key("paper_loss", lambda v: num(v, 3))),
+    ], optima))
+    report.notes += _flops_notes(records)
+    report.notes += _shift_notes(optima, base_name)
+    report.notes.append(f"Δ paired by seed within each shape; p: {_TEST_NAMES[test]}")
+
+
+def _depth_width_optima(cells: list[Row]) -> list[Row]:
+    """One fit per variant over its mean loss at each shape."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in cells):
+        points = [(r["actual_ratio"], r["loss_mean"]) for r in cells if r["variant"] == variant and r["actual_ratio"]]
+        family = next(r["family"] for r in cells if r["variant"] == variant)
+        paper_opt = paper.DEPTH_WIDTH_OPTIMUM.get(family)
+        row: Row = {"variant": variant, "family": family, "paper_optimum": paper_opt[0] if paper_opt else None,
+                    "paper_loss": paper_opt[1] if paper_opt else None}
+        try:
+            fit = fits.fit_depth_width([p[0] for p in points], [p[1] for p in points])
+        except ValueError:
+            row.update(optimum_ratio=None, optimum_loss=None, interior=None, r2=None)
+        else:
+            row.update(optimum_ratio=fit.optimum_ratio, optimum_loss=fit.optimum_loss, interior=fit.interior,
+                       r2=fit.r2, a=fit.a, b=fit.b, c=fit.c)
+        out.append(row)
+    return out
+
+
+def _flops_notes(records: StudyRecords) -> list[str]:
+    flops = [r.get("flops_total") for r in records.completed if isinstance(r.get("flops_total"), (int, float))]
+    if not flops:
+        return []
+    mean = fmean(flops)
+    spread = max(abs(f - mean) for f in flops) / mean
+    budget = records.space.budget_flops
+    said = f" (budget {budget:.3g})" if budget else ""
+    return [f"every cell used the same training FLOPs: {mean:.3g} per run{said}; largest deviation "
+            f"{spread:.2%} (tokens are rounded to whole batches)"]
+
+
+def _shift_notes(optima: list[Row], base_name: str) -> list[str]:
+    base = next((o for o in optima if o["variant"] == base_name and o.get("optimum_ratio")), None)
+    ours = [o for o in optima if o["variant"] != base_name and o.get("optimum_ratio")]
+    if base is None:
+        return ["optimum shift: no baseline fit (it needs three or more shapes with results)"]
+    p_base, p_attn = paper.DEPTH_WIDTH_OPTIMUM["baseline"][0], paper.DEPTH_WIDTH_OPTIMUM["attnres"][0]
+    return [f"optimum d_model/L_b: {base_name} {base['optimum_ratio']:.1f} → {o['variant']} {o['optimum_ratio']:.1f} "
+            f"(paper: baseline {p_base:.0f} → AttnRes {p_attn:.0f})" for o in ours]
+
+
+# ------------------------------------------------------------------------------------ scaling
+
+def _scaling(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
+    points: list[Row] = []
+    for group in _groups(records):
+        for variant in records.variants():
+            recs = records.select(variant, group)
+            if not recs:
+                continue
+            model = recs[0].model
+            flops = _mean_attr(recs, "flops_total")
+            row: Row = {"variant": variant, **dict(group), "n_layers": model.get("n_layers"),
+                        "d_model": model.get("d_model"), "params": _mean_attr(recs, "params_total"),
+                        "tokens": _mean_attr(recs, "tokens"), "flops": flops,
+                        "pflops_days": flops / paper.PFLOPS_DAY if flops else None,
+                        "family": paper.family(model.get("residual", {}).get("kind", "prenorm"))}
+            row.update(_loss_fields(recs))
+            points.append(row)
+    report.tables.append(Table("points", "Loss per model size", [
+        Column("Variant", key("variant"), "left"), Column("size", key("size")), Column("L_b", key("n_layers")),
+        Column("d_model", key("d_model")), Column("Params", key("params", count)), Column("Tokens", key("tokens", count)),
+        Column("C (FLOPs)", key("flops", sci)), Column("C (PFLOP/s-days)", key("pflops_days", sci)),
+        Column("n", key("n")), Column("Val loss (95% CI)", mean_ci("loss_mean", "loss_ci_half")),
+    ], points))
+
+    laws: dict[str, fits.PowerLaw] = {}
+    fit_rows = []
+    for variant in records.variants():
+        pts = [(r["pflops_days"], r["loss_mean"]) for r in points if r["variant"] == variant and r["pflops_days"]]
+        family = next((r["family"] for r in points if r["variant"] == variant), None)
+        paper_law = paper.POWER_LAWS.get(family or "")
+        row: Row = {"variant": variant, "family": family, "points": len(pts),
+                    "paper_A": paper_law[0] if paper_law else None, "paper_alpha": paper_law[1] if paper_law else None}
+        try:
+            law = fits.fit_power_law([p[0] for p in pts], [p[1] for p in pts])
+        except ValueError:
+            row.update(A=None, alpha=None, r2=None)
+        else:
+            laws[variant] = law
+            row.update(A=law.A, alpha=law.alpha, r2=law.r2)
+        fit_rows.append(row)
+    report.tables.append(Table("fits", "Power-law fits L = A·C^-α (C in PFLOP/s-days)", [
+        Column("Variant", key("variant"), "left"), Column("points", key("points")), Column("A", key("A", num)),
+        Column("α", key("alpha", num)), Column("R²", key("r2", lambda v: f"{v:.3f}")),
+        Column("Paper A", key("paper_A", lambda v: num(v, 3))), Column("Paper α", key("paper_alpha", lambda v: num(v, 3))),
+    ], fit_rows))
+
+    base_name = records.space.baseline
+    at = max((r["pflops_days"] for r in points if r["pflops_days"]), default=None)
+    mult_rows = []
+    if base_name in laws and at is not None:
+        for variant, law in laws.items():
+            if variant == base_name:
+                continue
+            family = next(r["family"] for r in fit_rows if r["variant"] == variant)
+            mult_rows.append({"variant": variant, "at_pflops_days": at,
+                              "multiplier": fits.compute_multiplier(law, laws[base_name], at),
+                              "paper_multiplier": paper.COMPUTE_MULTIPLIER.get(family or "")})
+    report.tables.append(Table("multiplier", f"Compute multiplier at matched loss (vs {base_name})", [
+        Column("Variant", key("variant"), "left"), Column("at C (PFLOP/s-days)", key("at_pflops_days", sci)),
+        Column("Multiplier", key("multiplier", lambda v: f"{v:.2f}x")),
+        Column("Paper", key("paper_multiplier", lambda v: f"{v:.2f}x")),
+    ], mult_rows))
+    report.notes.append(f"multiplier: compute the baseline's fit needs to reach the loss the variant's fit reaches at "
+                        f"C (the largest budget of this study), divided by C; above 1 the variant is more "
+                        f"compute-efficient. Paper: 1.25x for Block AttnRes at {paper.MULTIPLIER_AT_PFLOPS_DAYS} "
+                        "PFLOP/s-days")
+    if not mult_rows:
+        report.notes.append("no multiplier: it needs power-law fits (two or more sizes) of the baseline and a variant")

@@ -1,0 +1,52 @@
+"""Lightning callbacks a study adds to each training run: Optuna pruning against the
+global step, and progress reports for the worker's display.
+
+They live apart from :mod:`attnres_search.study` so that importing the study machinery
+(for ``study status`` or a report) does not import Lightning and torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import optuna
+
+
+class StepPruning(L.Callback):
+    """Report ``val_loss`` at ``trainer.global_step`` after every validation and stop the
+    run when the pruner says so. Reporting against the step, not the epoch, is what makes
+    runs of different lengths comparable (our runs have one endless epoch)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
+            return
+        step = trainer.global_step
+        prune = False
+        if trainer.is_global_zero:
+            self.trial.report(float(trainer.callback_metrics["val_loss"]), step=step)
+            # The closing evaluation after training is reported, never pruned: the compute is spent.
+            prune = trainer.state.fn == "fit" and self.trial.should_prune()
+        # Every rank must stop together, or DDP would wait forever for the one that left.
+        if trainer.strategy.broadcast(prune):
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+
+class StepProgress(L.Callback):
+    """Forward the current step and the latest validation loss to a study progress view."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.val_loss: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.progress.step(trainer.global_step, trainer.max_steps, self.val_loss)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "val_loss" in trainer.callback_metrics:
+            self.val_loss = float(trainer.callback_metrics["val_loss"])
+            self.progress.step(trainer.global_step, trainer.max_steps, self.val_loss)
