@@ -198,8 +198,9 @@ def _gbs(bytes_per_s: float | None) -> str:
 @click.option("--quick", is_flag=True, help="Three shapes instead of the full table.")
 @click.option("--dtype", "dtype_name", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16",
               show_default=True, help="Storage dtype of the sources (math is float32 regardless).")  # fmt: skip
-@click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing.")
-@click.option("--repeats", default=20, show_default=True, help="Timed runs; the median is reported.")
+@click.option("--warmup", default=5, type=click.IntRange(min=0), show_default=True, help="Untimed runs before timing.")
+@click.option("--repeats", default=20, type=click.IntRange(min=1), show_default=True,
+              help="Timed runs; the median is reported.")  # fmt: skip
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile column (compiling takes a while).")
 def command(quick: bool, dtype_name: str, warmup: int, repeats: int, no_compile: bool) -> None:
     """Time the fused kernel vs the PyTorch reference (eager and torch.compile)."""
