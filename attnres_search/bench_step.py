@@ -184,8 +184,11 @@ def _table(title: str, rows: list[tuple[str, float, float]], ratio_label: str) -
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed steps per variant.")
 @click.option("--loop-steps", type=click.IntRange(min=3), default=40, show_default=True, help="Steps per loop round.")
 @click.option("--rounds", type=click.IntRange(min=1), default=4, show_default=True, help="Loop rounds (alternating order).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's]. Use 1 on a busy machine: CPU threads that "
+                   "outnumber free cores make every step many times slower.")
 def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, block_preset: str,
-            warmup: int, repeats: int, loop_steps: int, rounds: int) -> None:
+            warmup: int, repeats: int, loop_steps: int, rounds: int, threads: int | None) -> None:
     """Time baseline vs block vs full AttnRes steps, and Lightning vs a bare loop."""
     import torch
     from rich.console import Console
@@ -194,6 +197,8 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
 
     if loop_steps <= warmup + 1:
         raise BadInput(f"--loop-steps ({loop_steps}) must exceed --warmup + 1 ({warmup + 1})")
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shape = dict(layers=layers, width=width, heads=heads, seq_len=seq_len, batch_size=batch_size)

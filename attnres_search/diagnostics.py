@@ -72,7 +72,9 @@ class DiagnosticsCallback(L.Callback):
         model.eval()
         try:
             with trainer.precision_plugin.forward_context():
-                model(self.probe_inputs.to(pl_module.device), record=True)
+                # .forward, not __call__: it skips a torch.compile-d wrapper, which would
+                # recompile for the recording path and break its graph at every .item().
+                model.forward(self.probe_inputs.to(pl_module.device), record=True)
         finally:
             model.train(was_training)
         rec = model.recorded

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from attnres_search.config import ModelConfig, preset
-from attnres_search.optim import CombinedOptimizer, Schedule, build_optimizer
 from attnres_search.model import AttnResLM
+from attnres_search.optim import CombinedOptimizer, Schedule, build_optimizer
 from attnres_search.run_types import RunConfig, RunResult
 from attnres_search.train import NonFiniteLoss, resolve_steps, run
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import click
 
 from attnres_search.cli.bench_cmd import bench
+from attnres_search.cli.dashboard_cmd import dashboard
+from attnres_search.cli.demo_cmd import demo
 from attnres_search.cli.errors import run_guarded
 from attnres_search.cli.model_cmd import model
+from attnres_search.cli.report_cmd import report
+from attnres_search.cli.spaces_cmd import spaces
+from attnres_search.cli.study_cmd import study
+from attnres_search.cli.train_cmd import plot, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,8 +25,8 @@ def cli() -> None:
     """Find out whether Attention Residuals beat standard residuals on your GPUs and data."""
 
 
-cli.add_command(model)
-cli.add_command(bench)
+for command in (train, plot, study, report, spaces, dashboard, demo, model, bench):
+    cli.add_command(command)
 
 
 def main() -> None:
