@@ -40,18 +40,24 @@ def depth_logits(
     separately, i.e. each group is an independent AttnRes of width ``d / heads``.
     ``gain is None`` means no key norm: the keys are the raw sources.
     """
-    n, d = sources.shape[0], sources.shape[-1]
+    d = sources.shape[-1]
     if d % heads:
         raise ValueError(f"heads={heads} does not divide the width d={d}")
+    dh = d // heads
     ct = _compute_dtype(sources.dtype)
-    v = sources.to(ct).unflatten(-1, (heads, d // heads))  # [n, *tok, H, dh]
-    if gain is not None:
-        inv_rms = torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
-        k = v * inv_rms * gain.to(ct).view(heads, d // heads)
+    v = sources.to(ct)
+    # w . (g * V / rms(V)) = ((w * g) . V) / rms(V): folding the gain into the query turns the
+    # logits into one matrix-vector product, and the statistics into one norm, so the sources
+    # are read twice instead of materialising normalised keys (this path is memory-bound).
+    u = query.to(ct) if gain is None else query.to(ct) * gain.to(ct)
+    if heads == 1 and query.dim() == 1:
+        logits = (v @ u).unsqueeze(-1)  # [n, *tok, 1]
     else:
-        k = v
-    q = query.to(ct).unflatten(-1, (heads, d // heads))
-    return (k * q).sum(-1)  # broadcast: q is [H, dh] or [*tok, H, dh]
+        logits = (v.unflatten(-1, (heads, dh)) * u.unflatten(-1, (heads, dh))).sum(-1)
+    if gain is not None:
+        sq_norm = torch.linalg.vector_norm(v.unflatten(-1, (heads, dh)), dim=-1).square()
+        logits = logits * torch.rsqrt(sq_norm / dh + eps)
+    return logits
 
 
 def depth_weights(logits: Tensor, score: Score = "softmax") -> Tensor:
@@ -63,14 +69,16 @@ def depth_weights(logits: Tensor, score: Score = "softmax") -> Tensor:
     raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
 
 
+def _weighted_sum(sources: Tensor, weights: Tensor) -> Tensor:
+    """``sum_j weights[j] * sources[j]`` in the weights' (compute) dtype."""
+    d, heads = sources.shape[-1], weights.shape[-1]
+    v = sources.to(weights.dtype).unflatten(-1, (heads, d // heads))
+    return (weights.unsqueeze(-1) * v).sum(0).flatten(-2)
+
+
 def mix_sources(sources: Tensor, weights: Tensor) -> Tensor:
     """``sum_j weights[j] * sources[j]`` with per-head weights ``[n, *tok, H]``."""
-    n, d = sources.shape[0], sources.shape[-1]
-    heads = weights.shape[-1]
-    ct = weights.dtype
-    v = sources.to(ct).unflatten(-1, (heads, d // heads))
-    out = (weights.unsqueeze(-1) * v).sum(0).flatten(-2)
-    return out.to(sources.dtype)
+    return _weighted_sum(sources, weights).to(sources.dtype)
 
 
 def depth_attention(
@@ -78,6 +86,7 @@ def depth_attention(
     query: Tensor,
     gain: Tensor | None,
     *,
+    partial: Tensor | None = None,
     score: Score = "softmax",
     heads: int = 1,
     eps: float = DEFAULT_EPS,
@@ -85,11 +94,23 @@ def depth_attention(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """AttnRes layer input ``h = sum_j alpha_j V_j`` with ``alpha = score(w . RMSNorm(V_j))``.
 
-    ``sources``: ``[n, *tokens, d]``; ``query``: ``[d]`` or ``[*tokens, d]``; ``gain``: ``[d]``
-    or ``None`` (no key norm). Returns ``[*tokens, d]`` in the sources' dtype, and with
-    ``return_weights`` also ``alpha[n, *tokens, heads]`` (float32) for diagnostics.
+    ``sources``: ``[n, *tokens, d]``; ``partial``: an optional last source ``[*tokens, d]``
+    kept apart so callers never concatenate it onto the stacked blocks (a full copy per
+    layer); ``query``: ``[d]`` or ``[*tokens, d]``; ``gain``: ``[d]`` or ``None`` (no key
+    norm). Returns ``[*tokens, d]`` in the sources' dtype (promoted with the partial's, as
+    ``torch.cat`` would), and with ``return_weights`` also ``alpha[n, *tokens, heads]``
+    (float32) for diagnostics.
     """
     logits = depth_logits(sources, query, gain, heads=heads, eps=eps)
+    if partial is not None:
+        partial = partial.unsqueeze(0)
+        logits = torch.cat([logits, depth_logits(partial, query, gain, heads=heads, eps=eps)])
     weights = depth_weights(logits, score)
-    out = mix_sources(sources, weights)
+    n = sources.shape[0]
+    out = _weighted_sum(sources, weights[:n])
+    dtype = sources.dtype
+    if partial is not None:
+        out = out + _weighted_sum(partial, weights[n:])
+        dtype = torch.promote_types(dtype, partial.dtype)
+    out = out.to(dtype)
     return (out, weights) if return_weights else out

@@ -117,7 +117,6 @@ def attend(
             )
         if backend == "triton":
             raise RuntimeError(f"{ENV_VAR}/backend is 'triton' but the kernel cannot run this call: {reason}")
-    sources = blocks if partial is None else torch.cat([blocks, partial.unsqueeze(0)], 0)
     return depth_attention(
-        sources, query, gain, score=score, heads=heads, eps=eps, return_weights=return_weights
+        blocks, query, gain, partial=partial, score=score, heads=heads, eps=eps, return_weights=return_weights
     )

@@ -52,7 +52,18 @@ def inputs(n: int = 3, d: int = 64, device: str = "cpu", dtype: torch.dtype = to
 
 
 def reference(blocks, partial, query, gain, **kw):  # type: ignore[no-untyped-def]
-    return depth_attention(torch.cat([blocks, partial.unsqueeze(0)]), query, gain, **kw)
+    return depth_attention(blocks, query, gain, partial=partial, **kw)
+
+
+@pytest.mark.parametrize("score", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("heads", [1, 4])
+def test_separate_partial_equals_concatenated_sources(score: str, heads: int) -> None:
+    blocks, partial, query, gain = (t.double() for t in inputs())
+    kw = dict(score=score, heads=heads, return_weights=True)
+    out, w = depth_attention(blocks, query, gain, partial=partial, **kw)
+    ref_out, ref_w = depth_attention(torch.cat([blocks, partial.unsqueeze(0)]), query, gain, **kw)
+    torch.testing.assert_close(out, ref_out, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(w, ref_w, rtol=1e-13, atol=1e-13)
 
 
 def test_backend_selection_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
