@@ -17,6 +17,7 @@ Schema (every key but ``variants`` is optional)::
     train:                  # RunConfig fields shared by every run (not model/seed/out_dir/resume)
       tokens: 200k          # integers accept k / M / B suffixes
       lr: 3.0e-3
+      ckpt_every: 2000      # with checkpoints, a retried trial continues from its last one
     variants:               # the residual rules compared; each is a preset name (Table 4 rows)...
       - baseline
       - full
@@ -28,10 +29,10 @@ Schema (every key but ``variants`` is optional)::
       weight_decay: {low: 0.0, high: 0.2}  # a range: sampled (TPE); add `log: true`, `int: true`
     sizes:                  # scaling: label -> model/train/residual fields of that size
       xs: {n_layers: 2, d_model: 32, n_heads: 2, tokens: 100k}
-    shapes:                 # depth-width: one model per d_model/n_layers ratio at about `params`
-      ratios: [8, 16, 32]   # non-embedding parameters, heads of `head_dim` channels
-      params: 200k
-      head_dim: 8
+    shapes:                 # depth-width: one model per target d_model/n_layers ratio...
+      ratios: [4, 12, 32]
+      params: 100k          # ...with about this many non-embedding parameters...
+      head_dim: 8           # ...and heads of this many channels (reports use the realised ratio)
     budget:
       flops: 2.0e13         # training FLOPs per run: tokens = flops / train FLOPs per token,
                             # rounded down to whole batches, so every cell spends the same compute
@@ -50,7 +51,6 @@ import itertools
 import json
 import math
 import typing
-import warnings
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -105,8 +105,10 @@ class Axis:
 
 @dataclass(frozen=True)
 class Shapes:
-    """Depth-width cells: each d_model/n_layers ratio gets the model with about ``params``
-    non-embedding parameters (12·L_b·d² for attention + SwiGLU) and heads of ``head_dim``."""
+    """Depth-width cells: for each target d_model/n_layers ratio, the depth whose model at
+    that ratio has about ``params`` non-embedding parameters (12·L_b·d² for attention plus
+    SwiGLU), then the width (a multiple of ``head_dim``) that keeps the parameters closest
+    to ``params`` at that whole depth. The realised ratio d_model/L_b is what reports use."""
 
     ratios: tuple[float, ...]
     params: int
@@ -114,7 +116,8 @@ class Shapes:
 
     def model_fields(self, ratio: float) -> dict[str, int]:
         n_layers = max(1, round((self.params / (12 * ratio * ratio)) ** (1 / 3)))
-        d_model = max(self.head_dim, round(ratio * n_layers / self.head_dim) * self.head_dim)
+        width = (self.params / (12 * n_layers)) ** 0.5
+        d_model = max(self.head_dim, round(width / self.head_dim) * self.head_dim)
         return {"n_layers": n_layers, "d_model": d_model, "n_heads": d_model // self.head_dim}
 
 
@@ -502,7 +505,16 @@ def _shapes(data: Any) -> Shapes:
     head_dim = coerce(data.get("head_dim", 8), int, "shapes.head_dim")
     if params < 1 or head_dim < 2 or head_dim % 2:
         raise ValueError("shapes.params must be positive and shapes.head_dim an even number >= 2")
-    return Shapes(ratios_t, params, head_dim)
+    shapes = Shapes(ratios_t, params, head_dim)
+    seen: dict[tuple[int, int], float] = {}
+    for ratio in ratios_t:
+        fields_ = shapes.model_fields(ratio)
+        shape = (fields_["n_layers"], fields_["d_model"])
+        if shape in seen:
+            raise ValueError(f"shapes.ratios {seen[shape]:g} and {ratio:g} give the same model (L_b={shape[0]}, "
+                             f"d_model={shape[1]}) at {params} parameters; spread the ratios or raise params")
+        seen[shape] = ratio
+    return shapes
 
 
 def _budget(data: Any) -> float:
@@ -547,14 +559,15 @@ def make_pruner(space: Space) -> Any:
 
 
 def make_sampler(space: Space) -> Any:
-    """Grid spaces use BruteForceSampler: it reads the cells already taken from the trials'
-    own parameters, so enqueued, retried and sampled trials all count."""
+    """GridSampler for grid spaces. Their trials are all enqueued with fixed parameters, so
+    it decides nothing for them; it only fills a fresh trial that a worker creates when
+    another emptied the queue under it, and the objective skips that one if it duplicates
+    a cell. (BruteForceSampler is no good here: it rebuilds its tree from every trial and
+    raises on a failed trial that never got parameters, e.g. one killed right after its claim.)"""
     import optuna
 
     if space.is_grid:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.BruteForceSampler(seed=0)
+        return optuna.samplers.GridSampler(space.choices(), seed=0)
     if space.sampler == "random":
         return optuna.samplers.RandomSampler()
     return optuna.samplers.TPESampler()

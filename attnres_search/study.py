@@ -26,7 +26,7 @@ import re
 import socket
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from attnres_search import __version__
@@ -36,7 +36,7 @@ from attnres_search.storage import display_url, open_storage, runs_dir
 if TYPE_CHECKING:
     import optuna
 
-    from attnres_search.run_types import RunConfig, RunResult
+    from attnres_search.run_types import RunResult
 
 Runner = Callable[..., "RunResult"]
 
@@ -226,9 +226,10 @@ def _slug(params: dict[str, Any]) -> str:
 
 
 def make_objective(space: Space, study_name: str, storage_url: str, runner: Runner,
-                   progress: StudyProgress | None) -> Callable[["optuna.Trial"], float]:
+                   progress: StudyProgress | None, devices_per_trial: int = 1) -> Callable[["optuna.Trial"], float]:
     """The function Optuna calls per trial: one training run, everything it measured
-    stored on the trial, its final validation loss returned."""
+    stored on the trial, its final validation loss returned. A failure (diverged loss,
+    out of memory, anything else) fails only this trial, with its reason stored."""
     from attnres_search.study_callbacks import StepProgress, StepPruning
 
     base_dir = runs_dir(storage_url) / study_name
@@ -248,6 +249,8 @@ def make_objective(space: Space, study_name: str, storage_url: str, runner: Runn
             status = study_status(trial.study, space)
             progress.trial_started(trial.number, status.done + 1, status.total, _describe(params))
         cfg = space.run_config(params, out_dir=str(base_dir / _slug(params)))
+        if devices_per_trial != cfg.devices:
+            cfg = replace(cfg, devices=devices_per_trial)
         variant = space.variant(params["variant"])
         for name, value in (("variant", variant.name), ("preset", variant.preset), ("seed", cfg.seed),
                             ("config", cfg.to_dict()), ("host", f"{socket.gethostname()}:{os.getpid()}")):
@@ -257,15 +260,31 @@ def make_objective(space: Space, study_name: str, storage_url: str, runner: Runn
             callbacks.append(StepProgress(progress))
         try:
             result = runner(cfg, callbacks=callbacks, progress=False)
-        except optuna.TrialPruned:
-            raise
         except Exception as exc:
-            trial.set_user_attr(ATTR_ERROR, f"{type(exc).__name__}: {exc}")
+            if not isinstance(exc, optuna.TrialPruned):
+                trial.set_user_attr(ATTR_ERROR, f"{type(exc).__name__}: {exc}")
+            if _is_out_of_memory(exc):
+                _free_memory()  # the worker goes on with the next trial
             raise
         _record(trial, result, curve_reported=space.pruner is not None)
         return result.final_val_loss
 
     return objective
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op without CUDA
 
 
 def _record(trial: "optuna.Trial", result: "RunResult", curve_reported: bool) -> None:
@@ -285,9 +304,11 @@ def _describe(params: dict[str, Any]) -> str:
 
 def run_worker(study_name: str, storage_url: str | None = None, *, n_trials: int | None = None,
                progress: StudyProgress | None = None, runner: Runner | None = None,
-               requeue_failed: bool = False, poll_s: float = 2.0) -> WorkerSummary:
+               requeue_failed: bool = False, poll_s: float = 2.0, devices_per_trial: int = 1) -> WorkerSummary:
     """Run trials of a study until its space is exhausted (or ``n_trials`` ran here).
 
+    ``devices_per_trial > 1`` runs each trial with Lightning DDP on that many devices; this
+    process stays the only one that talks to Optuna (see :mod:`attnres_search.ddp`).
     Safe to run in many processes and on many machines at once against one storage.
     ``requeue_failed`` (``study resume``) first re-queues cells whose trials all failed.
     ``runner`` defaults to :func:`attnres_search.train.run`; tests inject a fake.
@@ -300,29 +321,70 @@ def run_worker(study_name: str, storage_url: str | None = None, *, n_trials: int
         from attnres_search.train import run as runner
     if requeue_failed:
         enqueue_missing(study, space)
-    objective = make_objective(space, study_name, storage.url, runner, progress)
+    objective = make_objective(space, study_name, storage.url, runner, progress, devices_per_trial)
     summary = WorkerSummary()
     while n_trials is None or summary.ran < n_trials:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL -> re-queued
+        fail_trials_without_heartbeat(study, storage)
         status = study_status(study, space)
         if status.waiting == 0:
-            if space.is_grid and status.remaining == 0:
-                break
-            if not space.is_grid and status.done + status.failed >= (space.n_trials or 0):
-                break
-            if space.is_grid and status.running > 0:
+            if not space.is_grid:
+                if status.done + status.failed >= (space.n_trials or 0):
+                    break
+            elif status.remaining == 0 or status.running == 0:
+                break  # all done, or what is left failed (`study resume` re-queues that)
+            else:  # other workers' trials: they finish, or go stale and come back as WAITING
                 if progress is not None:
                     progress.waiting(status.running)
                 time.sleep(poll_s)
                 continue
-            if space.is_grid:
-                break  # the cells left have only failed trials: `study resume` re-queues them
-        study.optimize(objective, n_trials=1, catch=(Exception,),
-                       callbacks=[lambda _study, trial: _tally(summary, trial, progress)])
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,),
+                           callbacks=[lambda _study, trial: _tally(summary, trial, progress)])
+        except SystemExit as exc:
+            # Lightning turns SIGTERM (a preemption) into SystemExit(None), i.e. exit status 0.
+            # Leave with 128 + SIGTERM instead; the trial stays RUNNING, stops beating, and is
+            # re-run by the next worker once its grace period is over.
+            raise SystemExit(143 if exc.code in (None, 0) else exc.code) from exc
     summary.missing = study_status(study, space).remaining or 0
     return summary
+
+
+def fail_trials_without_heartbeat(study: "optuna.Study", storage: Any) -> list[int]:
+    """Fail and re-queue RUNNING trials that never recorded a heartbeat and are older than
+    the grace period: their worker died between claiming them and its first beat, and
+    Optuna's stale check, which only looks at recorded beats, would wait for them forever.
+    Optuna has no public query for "has a heartbeat", hence its RDB model here."""
+    import datetime
+
+    import optuna
+    import sqlalchemy.orm
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    grace = datetime.timedelta(seconds=storage.grace_period or 2 * storage.heartbeat_interval)
+    now = datetime.datetime.now()  # the clock datetime_start was written with
+    old = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+           if t.datetime_start is not None and now - t.datetime_start > grace]
+    if not old:
+        return []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    ids = {storage.get_trial_id_from_study_id_trial_number(study_id, t.number): t.number for t in old}
+    with sqlalchemy.orm.Session(storage.engine) as session:
+        beating = {row[0] for row in session.query(models.TrialHeartbeatModel.trial_id)
+                   .filter(models.TrialHeartbeatModel.trial_id.in_(list(ids)))}
+    failed = []
+    for trial_id in set(ids) - beating:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished (or another worker failed it) meanwhile
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+        failed.append(ids[trial_id])
+    return failed
 
 
 def _tally(summary: WorkerSummary, trial: "optuna.trial.FrozenTrial", progress: StudyProgress | None) -> None:

@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 from attnres_search.data import Corpus, LMDataModule, load_corpus
+from attnres_search.ddp import inside_launched_rank, run_ddp
 from attnres_search.diagnostics import DiagnosticsCallback
 from attnres_search.flops import flops_per_token
 from attnres_search.lit_module import LitLM, NonFiniteLoss
@@ -143,9 +144,15 @@ def build_trainer(cfg: RunConfig, steps: int, callbacks: Sequence[L.Callback], p
         )
     if progress:
         all_callbacks.append(RichProgressBar())
+    strategy: Any = "auto"
+    if cfg.devices > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="nccl" if _on_gpu(cfg) else "gloo")
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        strategy=strategy,
         precision=_precision(cfg),  # type: ignore[arg-type]
         max_steps=steps,
         max_epochs=-1,
@@ -254,6 +261,10 @@ def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool 
     started = time.perf_counter()
     _check_config(cfg)
     steps = resolve_steps(cfg)
+    if cfg.devices > 1 and not inside_launched_rank():
+        if callbacks:
+            warnings.warn("multi-device runs ignore caller callbacks (no pruning or step progress)", stacklevel=2)
+        return run_ddp(cfg)
     corpus = load_corpus(cfg.data)
     _check_vocab(cfg, corpus)
     if progress is None:

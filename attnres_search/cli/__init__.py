@@ -17,6 +17,7 @@ from attnres_search.cli.report_cmd import report
 from attnres_search.cli.spaces_cmd import spaces
 from attnres_search.cli.study_cmd import study
 from attnres_search.cli.train_cmd import plot, train
+from attnres_search.cli.worker_cmd import launch, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +26,7 @@ def cli() -> None:
     """Find out whether Attention Residuals beat standard residuals on your GPUs and data."""
 
 
-for command in (train, plot, study, report, spaces, dashboard, demo, model, bench):
+for command in (train, plot, study, worker, launch, report, spaces, dashboard, demo, model, bench):
     cli.add_command(command)
 
 

@@ -53,19 +53,20 @@ def study() -> None:
 def start(space: str, name: str | None, storage: str | None, n_trials: int | None, quiet: bool) -> None:
     """Create a study from SPACE (a built-in name, see `spaces list`, or a .yaml file) and run it."""
     from attnres_search.spaces import load_space
-    from attnres_search.storage import open_storage, resolve_url
+    from attnres_search.storage import display_url, open_storage, resolve_url
     from attnres_search.study import create_study
 
     quiet_optuna()
     loaded = load_space(space)  # bad input fails here, before any storage exists
     url = resolve_url(storage)
     study_name = name or loaded.name
-    created = create_study(loaded, study_name, open_storage(url, must_exist=False))
+    create_study(loaded, study_name, open_storage(url, must_exist=False))
     if not quiet:
         runs = f"{len(loaded.cells())} runs" if loaded.is_grid else f"{loaded.n_trials} trials"
-        click.echo(f"study {study_name} created in {url}: {runs} ({loaded.kind}, {loaded.sampler} sampler)", err=True)
+        click.echo(f"study {study_name} created in {display_url(url)}: {runs} ({loaded.kind}, {loaded.sampler} "
+                   "sampler)", err=True)
     if n_trials == 0:
-        click.echo(f"queued; run it with `attnres-search study resume {created.study_name}` on any machine", err=True)
+        click.echo(f"queued; run it with `attnres-search study resume {study_name}` on any machine", err=True)
         return
     run_and_summarize(study_name, url, n_trials=n_trials, quiet=quiet, requeue_failed=False)
 
@@ -87,17 +88,19 @@ def resume(name: str, storage: str | None, n_trials: int | None, quiet: bool) ->
     run_and_summarize(name, resolve_url(storage), n_trials=n_trials, quiet=quiet, requeue_failed=True)
 
 
-def run_and_summarize(name: str, url: str, *, n_trials: int | None, quiet: bool, requeue_failed: bool) -> None:
+def run_and_summarize(name: str, url: str, *, n_trials: int | None, quiet: bool, requeue_failed: bool,
+                      devices_per_trial: int = 1) -> None:
     """Run a worker with the rich display; exit 1 when trials failed."""
     from attnres_search.study import run_worker
 
+    kwargs = dict(n_trials=n_trials, requeue_failed=requeue_failed, devices_per_trial=devices_per_trial)
     if quiet:
-        summary = run_worker(name, url, n_trials=n_trials, requeue_failed=requeue_failed)
+        summary = run_worker(name, url, **kwargs)
     else:
         from attnres_search.cli.study_progress import RichStudyProgress
 
         with RichStudyProgress(name) as progress:
-            summary = run_worker(name, url, n_trials=n_trials, progress=progress, requeue_failed=requeue_failed)
+            summary = run_worker(name, url, progress=progress, **kwargs)
     if not quiet:
         click.echo(f"study {name}: ran {summary.ran} trial(s) here ({summary.completed} complete, {summary.failed} "
                    f"failed, {summary.pruned} pruned, {summary.skipped} duplicate(s) skipped); "
