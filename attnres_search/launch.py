@@ -9,6 +9,7 @@ which trial runs where is decided by Optuna's atomic claim of WAITING trials.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -110,39 +111,47 @@ def _status_table(workers: list[WorkerProcess]) -> Table:
 
 def supervise(workers: list[WorkerProcess], study_name: str, storage_url: str, *,
               console: Console, quiet: bool = False, poll_s: float = 2.0) -> int:
-    """Show combined progress until every worker exits; Ctrl-C stops them all cleanly.
-    Returns 0 when every worker finished cleanly, 1 otherwise."""
-    from attnres_search.storage import open_storage
-    from attnres_search.study import load_study, study_status
-
-    storage = open_storage(storage_url, must_exist=True)
-    study, space = load_study(study_name, storage)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
-    status = study_status(study, space)
-    task = progress.add_task(study_name, total=status.total, completed=status.done, detail="")
+    """Show combined progress until every worker exits; Ctrl-C (or any error here) stops
+    them all cleanly. Returns 0 when every worker finished cleanly, 130 when interrupted,
+    1 otherwise."""
     interrupted = False
     try:
-        with Live(Group(progress, _status_table(workers)), console=console, refresh_per_second=2,
-                  transient=False, disable=quiet) as live:
-            while any(w.popen.poll() is None for w in workers):
-                time.sleep(poll_s)
-                status = study_status(study, space)
-                progress.update(task, completed=status.done, total=status.total,
-                                detail=f"running {status.running}, failed {status.failed}")
-                live.update(Group(progress, _status_table(workers)))
-            status = study_status(study, space)
-            progress.update(task, completed=status.done, detail=f"failed {status.failed}")
-            live.update(Group(progress, _status_table(workers)))
+        _watch(workers, study_name, storage_url, console=console, quiet=quiet, poll_s=poll_s)
     except KeyboardInterrupt:
         interrupted = True
         console.print(f"[yellow]interrupted: stopping {len(workers)} workers (up to {STOP_GRACE_S:.0f}s)[/]")
-        stop_workers(workers)
-        if not quiet:
-            console.print(_status_table(workers))
+    finally:
+        stop_workers(workers)  # a no-op for workers that already exited
     if quiet:
         for w in workers:
             console.print(f"{w.label}: {w.describe_exit()} (log {w.log_path})")
+    else:
+        console.print(_status_table(workers))
     if interrupted:
         return 130
     return 0 if all(w.popen.returncode == 0 for w in workers) else 1
+
+
+def _watch(workers: list[WorkerProcess], study_name: str, storage_url: str, *,
+           console: Console, quiet: bool, poll_s: float) -> None:
+    """Poll until every worker has exited, redrawing the progress read from the storage."""
+    from attnres_search.storage import open_storage
+    from attnres_search.study import load_study, study_status
+
+    study, space = load_study(study_name, open_storage(storage_url, must_exist=True))
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    task = progress.add_task(study_name, total=None, detail="")
+
+    def refresh() -> None:
+        status = study_status(study, space)
+        progress.update(task, completed=status.done, total=status.total,
+                        detail=f"running {status.running}, failed {status.failed}")
+
+    refresh()
+    display = contextlib.nullcontext() if quiet else Live(progress, console=console, refresh_per_second=2)
+    with display:
+        while any(w.popen.poll() is None for w in workers):
+            time.sleep(poll_s)
+            refresh()
+        refresh()

@@ -558,6 +558,19 @@ def make_pruner(space: Space) -> Any:
     return _pruner_class(space.pruner["type"])(**kwargs)
 
 
+def _queued_grid_sampler(optuna: Any) -> type:
+    """GridSampler whose ``after_trial`` leaves stopping to the worker loop. Optuna's reads
+    the trial's ``grid_id`` once one grid point looks unvisited, but enqueued trials carry
+    none (they never mark a grid point visited either), so a one-cell grid raised KeyError
+    after its only trial; ``run_worker`` already stops when every cell is done."""
+
+    class QueuedGridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return QueuedGridSampler
+
+
 def make_sampler(space: Space) -> Any:
     """GridSampler for grid spaces. Their trials are all enqueued with fixed parameters, so
     it decides nothing for them; it only fills a fresh trial that a worker creates when
@@ -567,7 +580,7 @@ def make_sampler(space: Space) -> Any:
     import optuna
 
     if space.is_grid:
-        return optuna.samplers.GridSampler(space.choices(), seed=0)
+        return _queued_grid_sampler(optuna)(space.choices(), seed=0)
     if space.sampler == "random":
         return optuna.samplers.RandomSampler()
     return optuna.samplers.TPESampler()

@@ -91,7 +91,9 @@ def open_storage(url: str | None = None, *, must_exist: bool = True):  # -> optu
     engine_kwargs: dict = {}
     path = sqlite_path(url)
     if parsed.get_backend_name() == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
+        # isolation_level=None: pysqlite stops issuing its own deferred BEGINs (which leave
+        # SELECTs outside the transaction); _serialize_sqlite_transactions issues ours.
+        engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "isolation_level": None}
     if path is not None:
         if must_exist and not path.is_file():
             raise ValueError(f"no study database at {path} (storage {shown}); "
@@ -107,11 +109,30 @@ def open_storage(url: str | None = None, *, must_exist: bool = True):  # -> optu
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
         if path is not None:
-            _enable_wal(storage.engine)
+            _enable_wal(storage.engine)  # first: the journal mode cannot change inside a transaction
+        if parsed.get_backend_name() == "sqlite":
+            _serialize_sqlite_transactions(storage.engine)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise ValueError(f"cannot open storage {shown}: {reason}") from None
     return storage
+
+
+def _serialize_sqlite_transactions(engine) -> None:  # engine: sqlalchemy.engine.Engine
+    """Start every transaction with BEGIN IMMEDIATE.
+
+    Optuna claims a WAITING trial by reading its state and then updating it in one
+    transaction (SELECT ... FOR UPDATE elsewhere). SQLite has no row locks, and pysqlite
+    by default runs the SELECT outside any transaction, so two workers can both read
+    WAITING and both run the trial. Taking SQLite's write lock when the transaction begins
+    makes read-then-write atomic; a worker that finds the lock taken waits (busy timeout)
+    instead of failing with "database is locked".
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:  # noqa: ANN001 - SQLAlchemy Connection
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _enable_wal(engine) -> None:  # engine: sqlalchemy.engine.Engine
