@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, get_args
 
-import torch
 from torch import Tensor
 
 from attnres_search.depth_attention import DEFAULT_EPS, Score, depth_attention

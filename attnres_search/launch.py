@@ -115,12 +115,14 @@ def supervise(workers: list[WorkerProcess], study_name: str, storage_url: str, *
     them all cleanly. Returns 0 when every worker finished cleanly, 130 when interrupted,
     1 otherwise."""
     interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption stops workers like Ctrl-C
     try:
         _watch(workers, study_name, storage_url, console=console, quiet=quiet, poll_s=poll_s)
     except KeyboardInterrupt:
         interrupted = True
         console.print(f"[yellow]interrupted: stopping {len(workers)} workers (up to {STOP_GRACE_S:.0f}s)[/]")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop_workers(workers)  # a no-op for workers that already exited
     if quiet:
         for w in workers:
@@ -130,6 +132,10 @@ def supervise(workers: list[WorkerProcess], study_name: str, storage_url: str, *
     if interrupted:
         return 130
     return 0 if all(w.popen.returncode == 0 for w in workers) else 1
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _watch(workers: list[WorkerProcess], study_name: str, storage_url: str, *,

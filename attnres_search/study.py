@@ -21,13 +21,16 @@ Sampled (TPE/random) spaces are simpler: workers ask the sampler until the study
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from attnres_search import __version__
 from attnres_search.spaces import Space, cell_key, make_pruner, make_sampler, space_from_dict
@@ -226,7 +229,8 @@ def _slug(params: dict[str, Any]) -> str:
 
 
 def make_objective(space: Space, study_name: str, storage_url: str, runner: Runner,
-                   progress: StudyProgress | None, devices_per_trial: int = 1) -> Callable[["optuna.Trial"], float]:
+                   progress: StudyProgress | None, devices_per_trial: int = 1,
+                   interrupts: "WorkerInterrupts | None" = None) -> Callable[["optuna.Trial"], float]:
     """The function Optuna calls per trial: one training run, everything it measured
     stored on the trial, its final validation loss returned. A failure (diverged loss,
     out of memory, anything else) fails only this trial, with its reason stored."""
@@ -235,6 +239,10 @@ def make_objective(space: Space, study_name: str, storage_url: str, runner: Runn
     base_dir = runs_dir(storage_url) / study_name
 
     def objective(trial: "optuna.Trial") -> float:
+        with interrupts.trial() if interrupts is not None else contextlib.nullcontext():
+            return run_trial(trial)
+
+    def run_trial(trial: "optuna.Trial") -> float:
         import optuna
 
         params = _suggest(trial, space)
@@ -313,17 +321,29 @@ def run_worker(study_name: str, storage_url: str | None = None, *, n_trials: int
     ``requeue_failed`` (``study resume``) first re-queues cells whose trials all failed.
     ``runner`` defaults to :func:`attnres_search.train.run`; tests inject a fake.
     """
-    import optuna
-
     storage = open_storage(storage_url, must_exist=True)
     study, space = load_study(study_name, storage)
     if runner is None:
         from attnres_search.train import run as runner
     if requeue_failed:
         enqueue_missing(study, space)
-    objective = make_objective(space, study_name, storage.url, runner, progress, devices_per_trial)
+    with WorkerInterrupts() as interrupts:
+        summary = _work(study, space, storage, make_objective(space, study_name, storage.url, runner, progress,
+                                                              devices_per_trial, interrupts),
+                        interrupts, n_trials=n_trials, progress=progress, poll_s=poll_s)
+    if interrupts.requested:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _work(study: "optuna.Study", space: Space, storage: Any, objective: Callable[["optuna.Trial"], float],
+          interrupts: "WorkerInterrupts", *, n_trials: int | None, progress: StudyProgress | None,
+          poll_s: float) -> WorkerSummary:
+    """The worker loop proper: claim a trial, run it, until nothing is left or Ctrl-C."""
+    import optuna
+
     summary = WorkerSummary()
-    while n_trials is None or summary.ran < n_trials:
+    while (n_trials is None or summary.ran < n_trials) and not interrupts.requested:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL -> re-queued
@@ -350,6 +370,43 @@ def run_worker(study_name: str, storage_url: str | None = None, *, n_trials: int
             raise SystemExit(143 if exc.code in (None, 0) else exc.code) from exc
     summary.missing = study_status(study, space).remaining or 0
     return summary
+
+
+class WorkerInterrupts:
+    """Ctrl-C for a worker. While a trial runs it raises KeyboardInterrupt at once (Optuna
+    fails that trial, to be re-run). Elsewhere it is only noted and acted on at the next
+    safe point: between Optuna claiming a trial and the objective starting, an interrupt
+    would escape Optuna's bookkeeping and leave the trial RUNNING until its heartbeat went
+    stale. Only the main thread can own signal handlers; elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._in_trial = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "WorkerInterrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self._in_trial:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def trial(self) -> Iterator[None]:
+        if self.requested:
+            raise KeyboardInterrupt
+        self._in_trial = True
+        try:
+            yield
+        finally:
+            self._in_trial = False
 
 
 def fail_trials_without_heartbeat(study: "optuna.Study", storage: Any) -> list[int]:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -251,6 +252,26 @@ def _check_vocab(cfg: RunConfig, corpus: Corpus) -> None:
         )
 
 
+def _fit(trainer: L.Trainer, module: LitLM, data: LMDataModule, ckpt_path: str | None) -> None:
+    """``trainer.fit`` that lets Ctrl-C be Ctrl-C: Lightning answers a KeyboardInterrupt by
+    tearing down, ignoring SIGINT from then on, and calling ``exit(1)``. A SystemExit slips
+    past Optuna and leaves the trial RUNNING until its heartbeat goes stale, so the
+    interrupt is raised again as itself (Optuna then fails the trial at once) and the
+    SIGINT handler is put back."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except SystemExit as exc:
+        # Lightning's KeyboardInterrupt path ends in sys.exit(1); SIGTERM (a preemption) ends
+        # otherwise and stays a SystemExit for the worker to report as 143.
+        if trainer.interrupted and exc.code == 1:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
 def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool | None = None) -> RunResult:
     """Train one model as ``cfg`` says and measure it.
 
@@ -282,7 +303,7 @@ def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool 
             timer = _TrainTimer()
             diagnostics = DiagnosticsCallback(cfg.diagnostics_every, data.val_inputs[: cfg.batch_size], diag_path)
             trainer = build_trainer(cfg, steps, [timer, diagnostics, *callbacks], progress)
-            trainer.fit(module, datamodule=data, ckpt_path=_resume_checkpoint(cfg))
+            _fit(trainer, module, data, _resume_checkpoint(cfg))
             if not module.val_curve or module.val_curve[-1][0] != trainer.global_step:
                 trainer.validate(module, datamodule=data, verbose=False)
             if diag_path is not None and trainer.is_global_zero:

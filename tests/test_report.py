@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import optuna
 import pytest
 from scipy import stats as sps
 
-from attnres_search.cli.dashboard_cmd import dashboard
-from attnres_search.cli.errors import run_guarded
-from attnres_search.cli.report_cmd import report
-from attnres_search.cli.spaces_cmd import spaces
-from attnres_search.cli.study_cmd import study
 from attnres_search.spaces import Space, cell_key, parse_space
 from attnres_search.study import ATTR_CELL, ATTR_KIND, ATTR_SPACE, ATTR_SPACE_NAME
+from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 T_975_DF3 = 3.182446305284263
@@ -38,19 +32,6 @@ LOSSES = {  # variant -> loss per seed 0..3
     "mhc": [3.10, 3.20, 3.06, 3.14],  # worse on every seed: the opposite of the paper
     "block-s2": [2.90, 3.20, 2.85, 3.10],  # noise
 }
-
-
-def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """Run the commands the way `attnres-search` does (run_guarded maps errors to exit codes)."""
-    group = click.Group("attnres-search", commands=[study, report, dashboard, spaces])
-    monkeypatch.setattr(sys, "argv", ["attnres-search", *args])
-    try:
-        run_guarded(group)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def synthetic_study(url: str, space: Space, losses: dict[Any, list[float]], attrs: Any = None) -> None:

@@ -4,24 +4,19 @@ input exits with code 2 leaving the storage untouched."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-import click
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from attnres_search.cli.dashboard_cmd import dashboard
-from attnres_search.cli.errors import run_guarded
-from attnres_search.cli.report_cmd import report
-from attnres_search.cli.study_cmd import study
 from attnres_search.run_types import RunConfig, RunResult
 from attnres_search.spaces import cell_key, parse_space
 from attnres_search.storage import open_storage
 from attnres_search.study import ATTR_CELL, create_study, enqueue_missing, load_study, run_worker
+from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -44,18 +39,6 @@ def fake_runner(cfg: RunConfig, *, callbacks: Any = (), progress: Any = None) ->
                      flops_total=10.0 * cfg.tokens, tokens=cfg.tokens, steps=5, tokens_per_s=99.0, wall_time_s=0.01,
                      final_val_loss=loss, best_val_loss=loss - 0.001, val_curve=[(2, loss + 1), (5, loss)],
                      device_name="cpu", versions={"torch": "x"}, git_commit="abc")
-
-
-def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    group = click.Group("attnres-search", commands=[study, report, dashboard])
-    monkeypatch.setattr(sys, "argv", ["attnres-search", *args])
-    try:
-        run_guarded(group)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -15,15 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from attnres_search.cli.errors import run_guarded
-from attnres_search.cli.report_cmd import report
-from attnres_search.cli.study_cmd import study
 from attnres_search.study import ATTR_CELL
+from tests.cli_runner import cli
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,18 +47,6 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the subprocesses
     yield
     torch.set_num_threads(threads)
-
-
-def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    group = click.Group("attnres-search", commands=[study, report])
-    monkeypatch.setattr(sys, "argv", ["attnres-search", *args])
-    try:
-        run_guarded(group)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_space(path: Path, tokens: int, extra: str = "") -> str:

@@ -7,7 +7,6 @@ a retried trial resumed.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -108,7 +107,6 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> N
         # Kill it in the middle of its second trial, once that trial has a checkpoint.
         first_done = lambda: len(completed_per_cell(study)) == 1  # noqa: E731
         _wait_for(first_done, 300, "the first trial to complete", worker)
-        running = [t for t in study.get_trials(states=(TrialState.RUNNING,))]
         _wait_for(lambda: bool(study.get_trials(states=(TrialState.RUNNING,))), 60, "the second trial", worker)
         checkpoints = lambda: [p for p in (tmp_path / "runs" / "crash").glob("*/checkpoints/last.ckpt")]  # noqa: E731
         _wait_for(lambda: len(checkpoints()) == 2, 300, "the second trial's checkpoint", worker)
@@ -119,7 +117,6 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> N
     killed = study.get_trials(states=(TrialState.RUNNING,))
     assert len(killed) == 1
     killed_cell = killed[0].user_attrs[ATTR_CELL]
-    ckpt = next(p for p in checkpoints() if p.parent.parent.name != "")
     saved_steps = {p: torch.load(p, map_location="cpu", weights_only=False)["global_step"] for p in checkpoints()}
 
     out = cli("worker", "crash", "--storage", url, "--quiet", env=env)
@@ -137,7 +134,6 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> N
     assert resumed is not None and 0 < resumed < 400
     assert resumed in saved_steps.values(), (resumed, saved_steps)
     assert retry.user_attrs["steps"] == 400
-    del ckpt, running
 
 
 def test_two_workers_on_postgresql(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
@@ -211,3 +207,31 @@ def test_nan_and_oom_trials_fail_with_their_reason_and_the_study_goes_on(tmp_pat
         assert "NonFiniteLoss" in reason and ("nan" in reason or "inf" in reason), reason
     assert failed[("full", 3.0e-3)].startswith("OutOfMemoryError: CUDA out of memory")
     assert freed, "memory must be freed after an out-of-memory trial"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_launch_forwards_ctrl_c_and_reports_each_worker(tmp_path: Path, sig: signal.Signals) -> None:
+    space = write_space(tmp_path, "stop", """
+        variants: [baseline, block-s2]
+        seeds: 2
+    """, steps=100_000, val_every=50_000)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    env = worker_env(tmp_path)
+    create(space, "stop", url, env)
+    study = optuna.load_study(study_name="stop", storage=url)
+    launch = subprocess.Popen([sys.executable, "-m", "attnres_search", "launch", "stop", "--storage", url,
+                               "--workers", "2", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        _wait_for(lambda: len(study.get_trials(states=(TrialState.RUNNING,))) == 2, 120, "two running trials", launch)
+        launch.send_signal(sig)
+        stdout, stderr = launch.communicate(timeout=90)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+    assert launch.returncode == 130, stdout + stderr
+    exits = [line for line in stdout.splitlines() if line.startswith("cpu ")]
+    assert len(exits) == 2 and all("running" not in line for line in exits), stdout
+    # No worker is left behind and no trial stays RUNNING: the interrupted ones are failed, to be re-run.
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(study.get_trials(states=(TrialState.FAIL,))) == 2
