@@ -254,7 +254,7 @@ def _check(blocks: Tensor, partial: Tensor | None, query: Tensor, gain: Tensor |
         raise ValueError(f"partial must have one block's shape {tuple(blocks.shape[1:])}, got {tuple(partial.shape)}")
     if d % heads:
         raise ValueError(f"heads={heads} does not divide d={d}")
-    if blocks.shape[0] + (partial is not None) < 1:
+    if blocks.shape[0] + int(partial is not None) < 1:
         raise ValueError("depth-attention needs at least one source")
 
 
@@ -283,7 +283,7 @@ def depth_attention_fwd(
     sigmoid = score == "sigmoid"
     out = runtime.empty((n_tokens, d), device=b.device, dtype=_out_dtype(blocks, partial))
     lse = runtime.empty((0 if sigmoid else n_tokens, heads), device=b.device, dtype=torch.float32)
-    n_src = n_blocks + (p is not None)
+    n_src = n_blocks + int(p is not None)
     logits = runtime.empty((n_src if with_logits else 0, n_tokens, heads), device=b.device, dtype=torch.float32)
     if n_tokens:
         block_d = triton.next_power_of_2(dh)
@@ -305,7 +305,7 @@ def depth_attention_fwd(
 def _fwd_fake(blocks, partial, query, gain, score, heads, eps, with_logits):  # type: ignore[no-untyped-def]
     _check(blocks, partial, query, gain, heads)
     n_tokens = math.prod(blocks.shape[1:-1])
-    n_src = blocks.shape[0] + (partial is not None)
+    n_src = blocks.shape[0] + int(partial is not None)
     out = blocks.new_empty(blocks.shape[1:], dtype=_out_dtype(blocks, partial))
     lse = blocks.new_empty((0 if score == "sigmoid" else n_tokens, heads), dtype=torch.float32)
     logits = blocks.new_empty((n_src if with_logits else 0, n_tokens, heads), dtype=torch.float32)
