@@ -22,6 +22,7 @@ import torch
 from optuna.trial import TrialState
 
 from attnres_search.study import ATTR_CELL, ATTR_ERROR, ATTR_SKIPPED, run_worker
+from tests.cli_runner import cli as run_cli
 from tests.pg_server import postgres_url  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -170,7 +171,7 @@ def test_ddp_trial_with_two_cpu_processes_reports_one_value(tmp_path: Path) -> N
     assert trial.user_attrs["tokens"] == 10 * 4 * 16 * 2  # both ranks' batches count
 
 
-def test_nan_and_oom_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path: Path) -> None:
+def test_nan_and_oom_trials_fail_with_their_reason_and_the_study_goes_on(tmp_path: Path, monkeypatch, capsys) -> None:
     space = write_space(tmp_path, "faults", """
         variants: [baseline, block-s2, full]
         seeds: 1
@@ -207,6 +208,9 @@ def test_nan_and_oom_trials_fail_with_their_reason_and_the_study_goes_on(tmp_pat
         assert "NonFiniteLoss" in reason and ("nan" in reason or "inf" in reason), reason
     assert failed[("full", 3.0e-3)].startswith("OutOfMemoryError: CUDA out of memory")
     assert freed, "memory must be freed after an out-of-memory trial"
+    code, out, _ = run_cli(["study", "status", "faults", "--storage", url], monkeypatch, capsys)
+    assert code == 0
+    assert out.count("NonFiniteLoss") == 3 and "OutOfMemoryError" in out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

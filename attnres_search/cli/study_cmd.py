@@ -172,6 +172,29 @@ def status(name: str, storage: str | None) -> None:
     for variant, counts in _per_variant(found, space).items():
         table.add_row(variant, *(str(counts[k]) for k in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")))
     console.print(table)
+    failures = _failures(found)
+    if failures:
+        failed = Table(title="Failed trials (why)", title_justify="left")
+        for col in ("trial", "run", "reason"):
+            failed.add_column(col, justify="right" if col == "trial" else "left", overflow="fold")
+        for row in failures:
+            failed.add_row(*row)
+        console.print(failed)
+
+
+def _failures(found: Any) -> list[tuple[str, str, str]]:
+    """Failed trials with the reason the objective stored (a diverged loss, out of memory...);
+    a trial killed with its worker has none and says so."""
+    from optuna.trial import TrialState
+
+    from attnres_search.study import ATTR_ERROR
+
+    rows = []
+    for trial in found.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run = " ".join(f"{k}={v}" for k, v in trial.params.items())
+        reason = trial.user_attrs.get(ATTR_ERROR, "worker died or was interrupted (no heartbeat)")
+        rows.append((str(trial.number), run, reason))
+    return rows
 
 
 def _per_variant(found: Any, space: Any) -> dict[str, dict[str, int]]:
