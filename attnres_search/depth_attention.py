@@ -76,9 +76,18 @@ def _weighted_sum(sources: Tensor, weights: Tensor) -> Tensor:
     return (weights.unsqueeze(-1) * v).sum(0).flatten(-2)
 
 
-def mix_sources(sources: Tensor, weights: Tensor) -> Tensor:
-    """``sum_j weights[j] * sources[j]`` with per-head weights ``[n, *tok, H]``."""
-    return _weighted_sum(sources, weights).to(sources.dtype)
+def mix_sources(sources: Tensor, weights: Tensor, partial: Tensor | None = None) -> Tensor:
+    """``sum_j weights[j] * V_j`` over ``[*sources, partial]`` with per-head weights
+    ``[n (+1), *tok, H]``, in the sources' dtype (promoted with the partial's, as
+    ``torch.cat`` would). The partial is kept apart so callers never concatenate it onto
+    the stacked blocks, a full copy per layer."""
+    n = sources.shape[0]
+    out = _weighted_sum(sources, weights[:n])
+    dtype = sources.dtype
+    if partial is not None:
+        out = out + _weighted_sum(partial.unsqueeze(0), weights[n:])
+        dtype = torch.promote_types(dtype, partial.dtype)
+    return out.to(dtype)
 
 
 def depth_attention(
@@ -95,22 +104,15 @@ def depth_attention(
     """AttnRes layer input ``h = sum_j alpha_j V_j`` with ``alpha = score(w . RMSNorm(V_j))``.
 
     ``sources``: ``[n, *tokens, d]``; ``partial``: an optional last source ``[*tokens, d]``
-    kept apart so callers never concatenate it onto the stacked blocks (a full copy per
-    layer); ``query``: ``[d]`` or ``[*tokens, d]``; ``gain``: ``[d]`` or ``None`` (no key
+    (see :func:`mix_sources`); ``query``: ``[d]`` or ``[*tokens, d]``; ``gain``: ``[d]`` or ``None`` (no key
     norm). Returns ``[*tokens, d]`` in the sources' dtype (promoted with the partial's, as
     ``torch.cat`` would), and with ``return_weights`` also ``alpha[n, *tokens, heads]``
     (float32) for diagnostics.
     """
     logits = depth_logits(sources, query, gain, heads=heads, eps=eps)
     if partial is not None:
-        partial = partial.unsqueeze(0)
-        logits = torch.cat([logits, depth_logits(partial, query, gain, heads=heads, eps=eps)])
+        partial_logits = depth_logits(partial.unsqueeze(0), query, gain, heads=heads, eps=eps)
+        logits = torch.cat([logits, partial_logits])
     weights = depth_weights(logits, score)
-    n = sources.shape[0]
-    out = _weighted_sum(sources, weights[:n])
-    dtype = sources.dtype
-    if partial is not None:
-        out = out + _weighted_sum(partial, weights[n:])
-        dtype = torch.promote_types(dtype, partial.dtype)
-    out = out.to(dtype)
+    out = mix_sources(sources, weights, partial)
     return (out, weights) if return_weights else out

@@ -151,11 +151,9 @@ class AttnResRule(ResidualRule):
         partial = state.partial if use_partial else None
 
         if self.cfg.mixing == "input_independent":
-            sources = blocks if partial is None else torch.cat([blocks, partial.unsqueeze(0)])
             logits = self.static_logits[str(i)] if str(i) in self.static_logits else blocks.new_zeros(1)
             weights = torch.softmax(logits.to(torch.float64 if blocks.dtype == torch.float64 else torch.float32), 0)
-            shape = (-1,) + (1,) * (sources.dim() - 1)
-            out = mix_sources(sources, weights.view(shape))
+            out = mix_sources(blocks, weights.view((-1,) + (1,) * (blocks.dim() - 1)), partial)
             if self.record:
                 self._record(weights.view(-1, 1))
             return out
