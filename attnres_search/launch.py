@@ -17,11 +17,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import optuna
+
+    from attnres_search.spaces import Space
 
 STOP_GRACE_S = 30.0
 
@@ -109,7 +115,7 @@ def _status_table(workers: list[WorkerProcess]) -> Table:
     return table
 
 
-def supervise(workers: list[WorkerProcess], study_name: str, storage_url: str, *,
+def supervise(workers: list[WorkerProcess], study: "optuna.Study", space: "Space", *,
               console: Console, quiet: bool = False, poll_s: float = 2.0) -> int:
     """Show combined progress until every worker exits; Ctrl-C (or any error here) stops
     them all cleanly. Returns 0 when every worker finished cleanly, 130 when interrupted,
@@ -117,7 +123,7 @@ def supervise(workers: list[WorkerProcess], study_name: str, storage_url: str, *
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption stops workers like Ctrl-C
     try:
-        _watch(workers, study_name, storage_url, console=console, quiet=quiet, poll_s=poll_s)
+        _watch(workers, study, space, console=console, quiet=quiet, poll_s=poll_s)
     except KeyboardInterrupt:
         interrupted = True
         console.print(f"[yellow]interrupted: stopping {len(workers)} workers (up to {STOP_GRACE_S:.0f}s)[/]")
@@ -138,16 +144,14 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _watch(workers: list[WorkerProcess], study_name: str, storage_url: str, *,
+def _watch(workers: list[WorkerProcess], study: "optuna.Study", space: "Space", *,
            console: Console, quiet: bool, poll_s: float) -> None:
     """Poll until every worker has exited, redrawing the progress read from the storage."""
-    from attnres_search.storage import open_storage
-    from attnres_search.study import load_study, study_status
+    from attnres_search.study import study_status
 
-    study, space = load_study(study_name, open_storage(storage_url, must_exist=True))
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
-    task = progress.add_task(study_name, total=None, detail="")
+    task = progress.add_task(study.study_name, total=None, detail="")
 
     def refresh() -> None:
         status = study_status(study, space)

@@ -75,7 +75,8 @@ def launch(name: str, storage: str | None, gpus: str | None, n_workers: int | No
     if gpu_list is not None and n_workers is not None:
         raise BadInput("give --gpus or --workers, not both")
     url = resolve_url(storage)
-    load_study(name, open_storage(url, must_exist=True))  # a missing study is bad input, before any process starts
+    # A missing study is bad input, found before any process starts; the same handle then feeds the progress.
+    found, space = load_study(name, open_storage(url, must_exist=True))
     groups: list[str] | None = None
     if gpu_list is not None:
         if len(gpu_list) % devices_per_trial:
@@ -84,5 +85,5 @@ def launch(name: str, storage: str | None, gpus: str | None, n_workers: int | No
     extra = ["--devices-per-trial", str(devices_per_trial)] if devices_per_trial > 1 else []
     workers = start_workers(name, url, gpus=groups, n_cpu=n_workers or 1,
                             log_dir=log_dir or runs_dir(url) / name / "logs", extra=extra)
-    rc = supervise(workers, name, url, console=stdout_console(), quiet=quiet)
+    rc = supervise(workers, found, space, console=stdout_console(), quiet=quiet)
     sys.exit(rc)
