@@ -6,5 +6,5 @@
 * :mod:`.runtime` — whether the kernels can run on a device, and why not.
 
 Importing this package does not import Triton; the kernel modules do. Which backend a model
-call takes is decided in :mod:`attnres_search.dispatch`.
+call takes is decided in :mod:`attnres_search.kernels.attend`.
 """

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from attnres_search.depth_attention import DEFAULT_EPS, Score
+from attnres_search.kernels.reference import DEFAULT_EPS, Score
 from attnres_search.kernels import runtime
 
 
@@ -422,7 +422,7 @@ def fused_depth_attention(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Depth-attention over ``[*blocks, partial]`` by the fused kernels (differentiable).
 
-    Same contract as :func:`attnres_search.depth_attention.depth_attention` with the sources
+    Same contract as :func:`attnres_search.kernels.reference.depth_attention` with the sources
     split into ``blocks [n, *tokens, d]`` and ``partial [*tokens, d] | None``, for a learned
     query ``[d]``. With ``return_weights`` the weights ``[n, *tokens, heads]`` come from logits
     the forward kernel writes beside its output; they are detached (diagnostics only).

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from attnres_search.depth_attention import DEFAULT_EPS, Score, depth_logits
+from attnres_search.kernels.reference import DEFAULT_EPS, Score, depth_logits
 from attnres_search.kernels.runtime import KERNEL_DTYPES, unavailable_reason
 
 

@@ -21,10 +21,10 @@ import optuna
 import optuna_dashboard
 import pytest
 
-from attnres_search.run_types import RunConfig, RunResult
-from attnres_search.spaces import parse_space
-from attnres_search.storage import open_storage
-from attnres_search.study import create_study, run_worker
+from attnres_search.training.config import RunConfig, RunResult
+from attnres_search.study.space import parse_space
+from attnres_search.study.storage import open_storage
+from attnres_search.study.core import create_study, run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = """

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnres_search import data
-from attnres_search.data import (
+from attnres_search.training import data
+from attnres_search.training.data import (
     LMDataModule,
     TrainBatches,
     load_corpus,

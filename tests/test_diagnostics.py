@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnres_search.config import ModelConfig, preset
-from attnres_search.diagnostics import sublayer_grad_norms, sublayer_names
-from attnres_search.model import AttnResLM
-from attnres_search.run_types import RunConfig
-from attnres_search.train import run
+from attnres_search.model.config import ModelConfig, preset
+from attnres_search.training.diagnostics import sublayer_grad_norms, sublayer_names
+from attnres_search.model.decoder import AttnResLM
+from attnres_search.training.config import RunConfig
+from attnres_search.training.run import run
 
 
 def diagnosed_run(tmp_path, residual: str):

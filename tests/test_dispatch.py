@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnres_search import dispatch
-from attnres_search.depth_attention import depth_attention
+from attnres_search.kernels import attend as dispatch
+from attnres_search.kernels.reference import depth_attention
 from attnres_search.kernels import runtime
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -136,8 +136,8 @@ def test_forced_triton_on_cpu_without_interpreter_is_explained(monkeypatch: pyte
 
 
 def _tiny_model(preset_name: str, **overrides: object):  # type: ignore[no-untyped-def]
-    from attnres_search.config import ModelConfig, preset
-    from attnres_search.model import AttnResLM
+    from attnres_search.model.config import ModelConfig, preset
+    from attnres_search.model.decoder import AttnResLM
 
     torch.manual_seed(0)
     residual = preset(preset_name, **overrides)

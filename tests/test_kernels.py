@@ -12,7 +12,7 @@ import torch
 triton = pytest.importorskip("triton")
 from attnres_search.kernels import depth_attention as K  # noqa: E402
 from attnres_search.kernels import runtime  # noqa: E402
-from attnres_search.depth_attention import depth_attention  # noqa: E402
+from attnres_search.kernels.reference import depth_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not K.INTERPRETED:

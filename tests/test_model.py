@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnres_search.config import PRESETS, ModelConfig, ResidualConfig, preset
-from attnres_search.flops import matmul_params
-from attnres_search.model import AttnResLM
-from attnres_search.residual import MHCRule, sinkhorn
+from attnres_search.model.config import PRESETS, ModelConfig, ResidualConfig, preset
+from attnres_search.model.flops import matmul_params
+from attnres_search.model.decoder import AttnResLM
+from attnres_search.residual.rules import MHCRule, sinkhorn
 
 EPS = 1e-6
 

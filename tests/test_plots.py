@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from attnres_search.config import ModelConfig, preset
-from attnres_search.plots import plot_run
-from attnres_search.run_types import RunConfig
-from attnres_search.train import run
+from attnres_search.model.config import ModelConfig, preset
+from attnres_search.reports.run_plots import plot_run
+from attnres_search.training.config import RunConfig
+from attnres_search.training.run import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,8 +12,8 @@ import optuna
 import pytest
 from scipy import stats as sps
 
-from attnres_search.spaces import Space, cell_key, parse_space
-from attnres_search.study import ATTR_CELL, ATTR_KIND, ATTR_SPACE, ATTR_SPACE_NAME
+from attnres_search.study.space import Space, cell_key, parse_space
+from attnres_search.study.core import ATTR_CELL, ATTR_KIND, ATTR_SPACE, ATTR_SPACE_NAME
 from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -142,7 +142,7 @@ def test_depth_width_report_finds_the_optimum_and_equal_flops(tmp_path: Path, mo
             loss = 2.0 + 0.05 * (math.log(actual[ratio]) - math.log(opt)) ** 2
             losses[(("variant", variant), ("ratio", ratio))] = [loss, loss + 0.01]
     url = f"sqlite:///{tmp_path / 'dw.db'}"
-    from attnres_search.flops import flops_per_token
+    from attnres_search.model.flops import flops_per_token
 
     synthetic_study(url, space, losses, attrs=lambda run: {
         "flops_total": flops_per_token(run.model)["train"] * run.tokens, "params_non_embedding": 1})

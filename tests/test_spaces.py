@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from attnres_search.flops import flops_per_token
-from attnres_search.spaces import builtin_names, cell_key, load_space, parse_space
+from attnres_search.model.flops import flops_per_token
+from attnres_search.study.space import builtin_names, cell_key, load_space, parse_space
 
 MINIMAL = """
 model: {n_layers: 2, d_model: 32, n_heads: 2, seq_len: 32}

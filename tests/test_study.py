@@ -12,10 +12,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from attnres_search.run_types import RunConfig, RunResult
-from attnres_search.spaces import cell_key, parse_space
-from attnres_search.storage import open_storage
-from attnres_search.study import ATTR_CELL, create_study, enqueue_missing, load_study, run_worker
+from attnres_search.training.config import RunConfig, RunResult
+from attnres_search.study.space import cell_key, parse_space
+from attnres_search.study.storage import open_storage
+from attnres_search.study.core import ATTR_CELL, create_study, enqueue_missing, load_study, run_worker
 from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 
-from attnres_search.config import ModelConfig, preset
-from attnres_search.model import AttnResLM
-from attnres_search.optim import CombinedOptimizer, Schedule, build_optimizer
-from attnres_search.run_types import RunConfig, RunResult
-from attnres_search.train import NonFiniteLoss, resolve_steps, run
+from attnres_search.model.config import ModelConfig, preset
+from attnres_search.model.decoder import AttnResLM
+from attnres_search.training.optim import CombinedOptimizer, Schedule, build_optimizer
+from attnres_search.training.config import RunConfig, RunResult
+from attnres_search.training.run import NonFiniteLoss, resolve_steps, run
 
 
 def tiny(residual: str = "baseline", **overrides) -> RunConfig:
@@ -140,7 +140,7 @@ def test_bad_input_is_a_value_error(overrides, message):
 def test_model_vocab_must_cover_the_data(tmp_path):
     import numpy as np
 
-    from attnres_search.data import write_shard
+    from attnres_search.training.data import write_shard
 
     for name in ("a.bin", "b.bin"):
         write_shard(tmp_path / name, np.zeros(1000, dtype=np.uint16))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnres_search.depth_attention import depth_attention
+from attnres_search.kernels.reference import depth_attention
 from attnres_search.kernels import runtime
 from attnres_search.kernels.two_phase import phase1, phase2, two_phase_block
 
@@ -100,7 +100,7 @@ def test_phase1_reads_each_block_once_for_all_queries() -> None:
     blocks, queries, gains, _ = make_block(3, 4, 64, key_norm=True, dtype=torch.float32, seed=2)
     mix, lse = phase1(blocks, queries, gains, heads=2, use_triton=False)
     assert mix.shape == (4, *TOKENS, 64) and lse is not None and lse.shape == (4, *TOKENS, 2)
-    from attnres_search.depth_attention import depth_logits
+    from attnres_search.kernels.reference import depth_logits
 
     logits = depth_logits(blocks, queries[2], gains[2], heads=2)
     assert torch.allclose(lse[2], torch.logsumexp(logits, 0), atol=1e-6)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from attnres_search.study import ATTR_CELL, ATTR_ERROR, ATTR_SKIPPED, run_worker
+from attnres_search.study.core import ATTR_CELL, ATTR_ERROR, ATTR_SKIPPED, run_worker
 from tests.cli_runner import cli as run_cli
 from tests.pg_server import postgres_url  # noqa: F401 - the fixture
 
@@ -180,7 +180,7 @@ def test_nan_and_oom_trials_fail_with_their_reason_and_the_study_goes_on(tmp_pat
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     env = worker_env(tmp_path)
     create(space, "faults", url, env)
-    from attnres_search.train import run as real_run
+    from attnres_search.training.run import run as real_run
 
     freed: list[bool] = []
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from attnres_search.bench_kernels import command as kernels_command
-from attnres_search.bench_step import command as step_command
+from attnres_search.bench.kernels import command as kernels_command
+from attnres_search.bench.step import command as step_command
 
 
 @click.group()

@@ -15,7 +15,7 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
     """Browse studies, trials, loss curves and stored run attributes in optuna-dashboard."""
     from optuna_dashboard import run_server
 
-    from attnres_search.storage import display_url, open_storage, resolve_url
+    from attnres_search.study.storage import display_url, open_storage, resolve_url
 
     url = resolve_url(storage)
     opened = open_storage(url)  # refuses a missing SQLite file instead of creating an empty one

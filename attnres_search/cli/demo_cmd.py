@@ -21,9 +21,9 @@ def demo(storage: str, quiet: bool) -> None:
     import optuna
 
     from attnres_search.cli.report_cmd import emit_report
-    from attnres_search.spaces import load_space
-    from attnres_search.storage import open_storage
-    from attnres_search.study import create_study
+    from attnres_search.study.space import load_space
+    from attnres_search.study.storage import open_storage
+    from attnres_search.study.core import create_study
 
     quiet_optuna()
     space = load_space(DEMO_SPACE)

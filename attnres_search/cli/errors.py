@@ -14,15 +14,19 @@ class BadInput(click.ClickException):
 
 
 def run_guarded(group: click.Group) -> None:
-    """Run ``group``; a ``ValueError`` from our own validation is bad input (exit 2), any
+    """Run ``group``; a ``ValueError`` from our own validation (including the library's
+    :class:`attnres_search.errors.BadInput`) is bad input (exit 2), any
     other uncaught error is a failure (exit 1) reported on one line."""
     try:
         group.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.UsageError as exc:
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

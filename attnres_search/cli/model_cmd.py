@@ -23,8 +23,8 @@ def model() -> None:
 @click.option("--vocab", "vocab_size", type=click.IntRange(min=2), default=256, show_default=True)
 def describe(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int) -> None:
     """Parameter count, FLOPs/token and the sources each layer attends over."""
-    from attnres_search.config import ModelConfig, preset as get_preset
-    from attnres_search.describe import print_description
+    from attnres_search.model.config import ModelConfig, preset as get_preset
+    from attnres_search.model.describe import print_description
 
     try:
         cfg = ModelConfig(vocab_size=vocab_size, n_layers=n_layers, d_model=d_model, n_heads=n_heads,

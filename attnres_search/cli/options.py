@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from attnres_search.config import PRESETS
+from attnres_search.model.config import PRESETS
 
 
 class PresetType(click.Choice):

@@ -7,7 +7,7 @@ import click
 from attnres_search.cli.study_cmd import stdout_console, storage_option
 from attnres_search.reports.stats import TESTS
 from attnres_search.reports.tables import FORMATS
-from attnres_search.spaces import KINDS
+from attnres_search.study.space import KINDS
 
 
 @click.command()
@@ -36,8 +36,8 @@ def emit_report(name: str, storage: str | None, *, kind: str | None = None, fmt:
     from attnres_search.reports.build import build_report
     from attnres_search.reports.records import load_records
     from attnres_search.reports.tables import render, rich_renderables
-    from attnres_search.storage import open_storage, resolve_url
-    from attnres_search.study import load_study, study_status
+    from attnres_search.study.storage import open_storage, resolve_url
+    from attnres_search.study.core import load_study, study_status
 
     found, space = load_study(name, open_storage(resolve_url(storage)))
     records = load_records(found, space)

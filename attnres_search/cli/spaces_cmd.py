@@ -16,7 +16,7 @@ def list_spaces() -> None:
     from rich.table import Table
 
     from attnres_search.cli.study_cmd import stdout_console
-    from attnres_search.spaces import builtin_names, load_space
+    from attnres_search.study.space import builtin_names, load_space
 
     table = Table(title="Built-in search spaces", title_justify="left")
     for col in ("name", "kind", "sampler", "runs", "description"):
@@ -36,8 +36,8 @@ def show(space: str) -> None:
     from rich.table import Table
 
     from attnres_search.cli.study_cmd import stdout_console
-    from attnres_search.flops import flops_per_token
-    from attnres_search.spaces import load_space, space_text
+    from attnres_search.model.flops import flops_per_token
+    from attnres_search.study.space import load_space, space_text
 
     loaded = load_space(space)
     text, _, where = space_text(space)

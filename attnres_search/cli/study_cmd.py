@@ -52,9 +52,9 @@ def study() -> None:
 @quiet_option
 def start(space: str, name: str | None, storage: str | None, n_trials: int | None, quiet: bool) -> None:
     """Create a study from SPACE (a built-in name, see `spaces list`, or a .yaml file) and run it."""
-    from attnres_search.spaces import load_space
-    from attnres_search.storage import display_url, open_storage, resolve_url
-    from attnres_search.study import create_study
+    from attnres_search.study.space import load_space
+    from attnres_search.study.storage import display_url, open_storage, resolve_url
+    from attnres_search.study.core import create_study
 
     quiet_optuna()
     loaded = load_space(space)  # bad input fails here, before any storage exists
@@ -82,7 +82,7 @@ def resume(name: str, storage: str | None, n_trials: int | None, quiet: bool) ->
     Trials left RUNNING by a killed process are failed once their heartbeat is older than
     the grace period ($ATTNRES_HEARTBEAT_GRACE, default 3 minutes) and then re-run here.
     """
-    from attnres_search.storage import resolve_url
+    from attnres_search.study.storage import resolve_url
 
     quiet_optuna()
     run_and_summarize(name, resolve_url(storage), n_trials=n_trials, quiet=quiet, requeue_failed=True)
@@ -91,7 +91,7 @@ def resume(name: str, storage: str | None, n_trials: int | None, quiet: bool) ->
 def run_and_summarize(name: str, url: str, *, n_trials: int | None, quiet: bool, requeue_failed: bool,
                       devices_per_trial: int = 1) -> None:
     """Run a worker with the rich display; exit 1 when trials failed."""
-    from attnres_search.study import run_worker
+    from attnres_search.study.core import run_worker
 
     kwargs = dict(n_trials=n_trials, requeue_failed=requeue_failed, devices_per_trial=devices_per_trial)
     if quiet:
@@ -117,8 +117,8 @@ def list_studies(storage: str | None) -> None:
     import optuna
     from rich.table import Table
 
-    from attnres_search.storage import display_url, open_storage, resolve_url, sqlite_path
-    from attnres_search.study import ATTR_KIND, ATTR_SPACE_NAME, load_study, study_status
+    from attnres_search.study.storage import display_url, open_storage, resolve_url, sqlite_path
+    from attnres_search.study.core import ATTR_KIND, ATTR_SPACE_NAME, load_study, study_status
 
     url = resolve_url(storage)
     path = sqlite_path(url)
@@ -150,8 +150,8 @@ def status(name: str, storage: str | None) -> None:
     """Cells done / running / failed in study NAME, per variant, and an ETA."""
     from rich.table import Table
 
-    from attnres_search.storage import open_storage, resolve_url
-    from attnres_search.study import load_study, study_status
+    from attnres_search.study.storage import open_storage, resolve_url
+    from attnres_search.study.core import load_study, study_status
 
     found, space = load_study(name, open_storage(resolve_url(storage)))
     st = study_status(found, space)
@@ -187,7 +187,7 @@ def _failures(found: Any) -> list[tuple[str, str, str]]:
     a trial killed with its worker has none and says so."""
     from optuna.trial import TrialState
 
-    from attnres_search.study import ATTR_ERROR
+    from attnres_search.study.core import ATTR_ERROR
 
     rows = []
     for trial in found.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -200,7 +200,7 @@ def _failures(found: Any) -> list[tuple[str, str, str]]:
 def _per_variant(found: Any, space: Any) -> dict[str, dict[str, int]]:
     from collections import Counter
 
-    from attnres_search.study import ATTR_SKIPPED
+    from attnres_search.study.core import ATTR_SKIPPED
 
     counts: dict[str, Counter] = {v.name: Counter() for v in space.variants}
     for trial in found.get_trials(deepcopy=False):

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 
 class RichStudyProgress:
-    """Implements :class:`attnres_search.study.StudyProgress`; use as a context manager."""
+    """Implements :class:`attnres_search.study.core.StudyProgress`; use as a context manager."""
 
     def __init__(self, study_name: str, console: Console | None = None) -> None:
         self.progress = Progress(

@@ -86,10 +86,10 @@ def _summary_table(result: Any) -> Any:
 def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int | None,
           tokens: int, steps: int | None, as_json: bool, quiet: bool, **run_fields: Any) -> None:
     """Train one model and report loss, compute and throughput."""
-    from attnres_search.config import ModelConfig, preset as get_preset
-    from attnres_search.data import source_vocab_size
-    from attnres_search.run_types import RunConfig
-    from attnres_search.train import NonFiniteLoss, run
+    from attnres_search.model.config import ModelConfig, preset as get_preset
+    from attnres_search.training.data import source_vocab_size
+    from attnres_search.training.config import RunConfig
+    from attnres_search.training.run import NonFiniteLoss, run
 
     try:
         model = ModelConfig(
@@ -115,7 +115,7 @@ def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the PNG files.")
 def plot(run_json: str, out_dir: str) -> None:
     """Loss curve, output-magnitude and gradient profiles, depth-mixing heatmap of a run."""
-    from attnres_search.plots import plot_run
+    from attnres_search.reports.run_plots import plot_run
 
     try:
         paths = plot_run(run_json, out_dir)

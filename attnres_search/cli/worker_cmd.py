@@ -1,6 +1,6 @@
 """``attnres-search worker`` and ``launch``: spread one study over GPUs, cores and machines.
 
-Workers coordinate only through the storage (see :mod:`attnres_search.study`), so the same
+Workers coordinate only through the storage (see :mod:`attnres_search.study.core`), so the same
 two commands scale from one laptop to several machines sharing a PostgreSQL URL.
 """
 
@@ -29,7 +29,7 @@ def worker(name: str, storage: str | None, n_trials: int | None, devices_per_tri
     claimed by exactly one worker, and a worker that dies has its trial retried (from its
     last checkpoint) once its heartbeat goes stale.
     """
-    from attnres_search.storage import resolve_url
+    from attnres_search.study.storage import resolve_url
 
     quiet_optuna()
     run_and_summarize(name, resolve_url(storage), n_trials=n_trials, quiet=quiet, requeue_failed=False,
@@ -66,9 +66,9 @@ def launch(name: str, storage: str | None, gpus: str | None, n_workers: int | No
     """
     import sys
 
-    from attnres_search.launch import start_workers, supervise
-    from attnres_search.storage import open_storage, resolve_url, runs_dir
-    from attnres_search.study import load_study
+    from attnres_search.study.launch import start_workers, supervise
+    from attnres_search.study.storage import open_storage, resolve_url, runs_dir
+    from attnres_search.study.core import load_study
     from attnres_search.cli.study_cmd import stdout_console
 
     gpu_list = _parse_gpus(gpus)

@@ -7,13 +7,13 @@ from statistics import fmean
 from typing import Any, Iterable
 
 from attnres_search import paper
-from attnres_search.config import preset_label
+from attnres_search.model.config import preset_label
 from attnres_search.reports import fits
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord
 from attnres_search.reports.stats import NO_FIGURE, Comparison, paired_test, summarize, verdict
 from attnres_search.reports.tables import (Column, Report, Row, Table, count, key, mean_ci, num, pvalue, sci,
                                            signed)
-from attnres_search.spaces import KINDS
+from attnres_search.study.space import KINDS
 
 _TEST_NAMES = {"t": "paired t-test (scipy.stats.ttest_rel)", "wilcoxon": "Wilcoxon signed-rank (scipy.stats.wilcoxon)"}
 

@@ -1,6 +1,6 @@
 """PNG figures of a report: the study-level figure of each kind, plus each variant's run
 figures (loss curve, output-magnitude and gradient profiles, depth-mixing heatmap) drawn
-by :mod:`attnres_search.plots` from the trial's stored record."""
+by :mod:`attnres_search.reports.run_plots` from the trial's stored record."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def _scaling_plot(points: list[Row], fit_rows: list[Row], title: str, path: Path
 
 def _run_plots(records: StudyRecords, out: Path) -> list[Path]:
     """Each variant's run figures, from its first completed trial (lowest cell, seed)."""
-    from attnres_search.plots import plot_run
+    from attnres_search.reports.run_plots import plot_run
 
     paths: list[Path] = []
     for variant in records.variants():

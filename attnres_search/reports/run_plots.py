@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnres_search.diagnostics import sublayer_names  # noqa: E402
+from attnres_search.training.diagnostics import sublayer_names  # noqa: E402
 
 
 def _variant_label(config: dict[str, Any]) -> str:

@@ -19,8 +19,8 @@ import torch
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from attnres_search.model import AttnResLM
-from attnres_search.run_types import RunConfig
+from attnres_search.model.decoder import AttnResLM
+from attnres_search.training.config import RunConfig
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine")

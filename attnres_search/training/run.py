@@ -29,13 +29,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-from attnres_search.data import Corpus, LMDataModule, load_corpus
-from attnres_search.ddp import inside_launched_rank, run_ddp
-from attnres_search.diagnostics import DiagnosticsCallback
-from attnres_search.flops import flops_per_token
-from attnres_search.lit_module import LitLM, NonFiniteLoss
-from attnres_search.optim import check_names
-from attnres_search.run_types import RunConfig, RunResult
+from attnres_search.training.data import Corpus, LMDataModule, load_corpus
+from attnres_search.training.ddp import inside_launched_rank, run_ddp
+from attnres_search.training.diagnostics import DiagnosticsCallback
+from attnres_search.model.flops import flops_per_token
+from attnres_search.training.lit_module import LitLM, NonFiniteLoss
+from attnres_search.training.optim import check_names
+from attnres_search.training.config import RunConfig, RunResult
 
 __all__ = ["NonFiniteLoss", "run", "resolve_steps", "build_trainer"]
 

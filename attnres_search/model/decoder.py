@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from attnres_search.config import ModelConfig
-from attnres_search.layers import Attention, RMSNorm, Rotary, SwiGLU, init_sublayer_
-from attnres_search.residual import ResidualRule, build_rule
+from attnres_search.model.config import ModelConfig
+from attnres_search.model.layers import Attention, RMSNorm, Rotary, SwiGLU, init_sublayer_
+from attnres_search.residual.rules import ResidualRule, build_rule
 
 
 class AttnResLM(nn.Module):

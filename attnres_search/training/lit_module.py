@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnres_search.model import AttnResLM
-from attnres_search.optim import build_optimizer, build_scheduler
-from attnres_search.run_types import RunConfig
+from attnres_search.model.decoder import AttnResLM
+from attnres_search.training.optim import build_optimizer, build_scheduler
+from attnres_search.training.config import RunConfig
 
 # Fields that may differ between a run and the checkpoint it resumes from: they change
 # where things go or how fast they run, not what is computed.

@@ -27,7 +27,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     import optuna
 
-    from attnres_search.spaces import Space
+    from attnres_search.study.space import Space
 
 STOP_GRACE_S = 30.0
 
@@ -147,7 +147,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _watch(workers: list[WorkerProcess], study: "optuna.Study", space: "Space", *,
            console: Console, quiet: bool, poll_s: float) -> None:
     """Poll until every worker has exited, redrawing the progress read from the storage."""
-    from attnres_search.study import study_status
+    from attnres_search.study.core import study_status
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)

@@ -6,9 +6,9 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
-from attnres_search.config import ModelConfig, preset_label
-from attnres_search.flops import flops_per_token
-from attnres_search.model import AttnResLM
+from attnres_search.model.config import ModelConfig, preset_label
+from attnres_search.model.flops import flops_per_token
+from attnres_search.model.decoder import AttnResLM
 
 
 def describe_table(cfg: ModelConfig, name: str) -> Group:

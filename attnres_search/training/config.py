@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnres_search.config import ModelConfig
+from attnres_search.model.config import ModelConfig
 
 
 @dataclass

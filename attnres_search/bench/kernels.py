@@ -48,7 +48,7 @@ def _reference(blocks, partial, query, gain):  # type: ignore[no-untyped-def]
     """What the reference path of ``dispatch.attend`` runs: concatenate, then the PyTorch op."""
     import torch
 
-    from attnres_search.depth_attention import depth_attention
+    from attnres_search.kernels.reference import depth_attention
 
     return depth_attention(torch.cat([blocks, partial.unsqueeze(0)]), query, gain)
 

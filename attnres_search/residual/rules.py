@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnres_search.config import ResidualConfig
-from attnres_search.depth_attention import DEFAULT_EPS, mix_sources
-from attnres_search.dispatch import attend
-from attnres_search.layers import rms_normalize
+from attnres_search.model.config import ResidualConfig
+from attnres_search.kernels.reference import DEFAULT_EPS, mix_sources
+from attnres_search.kernels.attend import attend
+from attnres_search.model.layers import rms_normalize
 
 
 class ResidualRule(nn.Module):

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from attnres_search.model import AttnResLM
+from attnres_search.model.decoder import AttnResLM
 
 
 def sublayer_names(n_sublayers: int) -> list[str]:

@@ -33,13 +33,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from attnres_search import __version__
-from attnres_search.spaces import Space, cell_key, make_pruner, make_sampler, space_from_dict
-from attnres_search.storage import display_url, open_storage, runs_dir
+from attnres_search.study.space import Space, cell_key, make_pruner, make_sampler, space_from_dict
+from attnres_search.study.storage import display_url, open_storage, runs_dir
 
 if TYPE_CHECKING:
     import optuna
 
-    from attnres_search.run_types import RunResult
+    from attnres_search.training.config import RunResult
 
 Runner = Callable[..., "RunResult"]
 
@@ -234,7 +234,7 @@ def make_objective(space: Space, study_name: str, storage_url: str, runner: Runn
     """The function Optuna calls per trial: one training run, everything it measured
     stored on the trial, its final validation loss returned. A failure (diverged loss,
     out of memory, anything else) fails only this trial, with its reason stored."""
-    from attnres_search.study_callbacks import StepProgress, StepPruning
+    from attnres_search.study.callbacks import StepProgress, StepPruning
 
     base_dir = runs_dir(storage_url) / study_name
 
@@ -316,15 +316,15 @@ def run_worker(study_name: str, storage_url: str | None = None, *, n_trials: int
     """Run trials of a study until its space is exhausted (or ``n_trials`` ran here).
 
     ``devices_per_trial > 1`` runs each trial with Lightning DDP on that many devices; this
-    process stays the only one that talks to Optuna (see :mod:`attnres_search.ddp`).
+    process stays the only one that talks to Optuna (see :mod:`attnres_search.training.ddp`).
     Safe to run in many processes and on many machines at once against one storage.
     ``requeue_failed`` (``study resume``) first re-queues cells whose trials all failed.
-    ``runner`` defaults to :func:`attnres_search.train.run`; tests inject a fake.
+    ``runner`` defaults to :func:`attnres_search.training.run`; tests inject a fake.
     """
     storage = open_storage(storage_url, must_exist=True)
     study, space = load_study(study_name, storage)
     if runner is None:
-        from attnres_search.train import run as runner
+        from attnres_search.training.run import run as runner
     if requeue_failed:
         enqueue_missing(study, space)
     with WorkerInterrupts() as interrupts:

@@ -58,8 +58,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from attnres_search.config import PRESETS, ModelConfig, ResidualConfig
-from attnres_search.run_types import RunConfig
+from attnres_search.model.config import PRESETS, ModelConfig, ResidualConfig
+from attnres_search.training.config import RunConfig
 
 KINDS = ("ablation", "block-count", "depth-width", "scaling")
 SAMPLERS = ("auto", "grid", "tpe", "random")
@@ -203,7 +203,7 @@ def cell_key(params: Mapping[str, Any]) -> str:
 
 def tokens_for_budget(model: ModelConfig, flops: float, batch_size: int) -> int:
     """Tokens that spend ``flops`` training FLOPs, in whole batches (at least one)."""
-    from attnres_search.flops import flops_per_token
+    from attnres_search.model.flops import flops_per_token
 
     per_batch = batch_size * model.seq_len
     batches = max(1, math.floor(flops / flops_per_token(model)["train"] / per_batch))

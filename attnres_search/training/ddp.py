@@ -1,6 +1,6 @@
 """Trials that use several devices: Lightning DDP inside one study trial.
 
-The process that called :func:`attnres_search.train.run` (a study worker, which alone
+The process that called :func:`attnres_search.training.run` (a study worker, which alone
 talks to Optuna) spawns one process per device; each sets the torch.distributed
 environment and runs the ordinary single-process training path, where Lightning sees
 processes created externally and runs its DDP strategy (gloo on CPU, NCCL on GPU). Rank 0
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-from attnres_search.run_types import RunConfig, RunResult
+from attnres_search.training.config import RunConfig, RunResult
 
 _RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
 
@@ -39,7 +39,7 @@ def _free_port() -> int:
 def _rank_main(rank: int, cfg: RunConfig, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(cfg.devices),
                       RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
-    from attnres_search.train import run
+    from attnres_search.training.run import run
 
     run(cfg, progress=False)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from attnres_search.config import ModelConfig
+from attnres_search.model.config import ModelConfig
 
 
 def residual_flops_per_token(cfg: ModelConfig) -> float:

@@ -28,8 +28,8 @@ def _sync(device: Any) -> None:
 
 
 def _run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: int, batch_size: int, steps: int) -> Any:
-    from attnres_search.config import ModelConfig, preset
-    from attnres_search.run_types import RunConfig
+    from attnres_search.model.config import ModelConfig, preset
+    from attnres_search.training.config import RunConfig
 
     model = ModelConfig(vocab_size=256, n_layers=layers, d_model=width, n_heads=heads, seq_len=seq_len, residual=preset(preset_name))
     # No validation or diagnostics inside the timed window: this measures the step loop.
@@ -41,8 +41,8 @@ def _bare_step_fn(cfg: Any, device: Any, autocast: bool) -> Callable[[], None]:
     import torch
     import torch.nn.functional as F
 
-    from attnres_search.model import AttnResLM
-    from attnres_search.optim import build_optimizer
+    from attnres_search.model.decoder import AttnResLM
+    from attnres_search.training.optim import build_optimizer
 
     torch.manual_seed(0)
     model = AttnResLM(cfg.model).to(device)
@@ -84,9 +84,9 @@ def _intervals(starts: list[float], skip: int) -> list[float]:
 def _lightning_steps(cfg: Any, warmup: int) -> list[float]:
     import lightning as L
 
-    from attnres_search.data import LMDataModule, load_corpus
-    from attnres_search.lit_module import LitLM
-    from attnres_search.train import build_trainer, quiet_lightning
+    from attnres_search.training.data import LMDataModule, load_corpus
+    from attnres_search.training.lit_module import LitLM
+    from attnres_search.training.run import build_trainer, quiet_lightning
 
     class StepStarts(L.Callback):
         def __init__(self) -> None:
@@ -112,9 +112,9 @@ def _bare_loop_steps(cfg: Any, warmup: int, device: Any, autocast: bool) -> list
     import torch
     import torch.nn.functional as F
 
-    from attnres_search.data import LMDataModule, load_corpus
-    from attnres_search.model import AttnResLM
-    from attnres_search.optim import build_optimizer, build_scheduler
+    from attnres_search.training.data import LMDataModule, load_corpus
+    from attnres_search.model.decoder import AttnResLM
+    from attnres_search.training.optim import build_optimizer, build_scheduler
 
     torch.manual_seed(0)
     model = AttnResLM(cfg.model).to(device)

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
-from attnres_search.depth_attention import DEFAULT_EPS, Score, depth_attention
+from attnres_search.kernels.reference import DEFAULT_EPS, Score, depth_attention
 from attnres_search.kernels.runtime import KERNEL_DTYPES, MAX_HEAD_WIDTH, unavailable_reason
 
 Backend = Literal["auto", "triton", "reference"]
