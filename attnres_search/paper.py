@@ -84,17 +84,3 @@ DEPTH_WIDTH_OPTIMUM: dict[str, tuple[float, float]] = {
 def table4(preset: str | None) -> PaperLoss | None:
     """The paper's ablation loss for a preset, if it gives one."""
     return TABLE4.get(preset) if preset else None
-
-
-def family(residual_kind: str) -> str:
-    """The paper's grouping of a residual rule for scaling fits and the depth/width study."""
-    if residual_kind == "prenorm":
-        return "baseline"
-    if residual_kind in ("block", "full"):
-        return residual_kind
-    return residual_kind.replace("_", "-")
-
-
-def depth_width_family(residual_kind: str) -> str:
-    """Figure 7 compares the baseline with AttnRes (block or full alike)."""
-    return "attnres" if residual_kind in ("block", "full") else family(residual_kind)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnres_search.model.config import PRESETS, ModelConfig, ResidualConfig, preset
+from attnres_search.model.config import ModelConfig
+from attnres_search.residual import PRESETS, ResidualConfig, preset, spec_for
 from attnres_search.model.flops import matmul_params
 from attnres_search.model.decoder import AttnResLM
-from attnres_search.residual.rules import MHCRule, sinkhorn
+from attnres_search.residual.mhc import MHCRule, sinkhorn
 
 EPS = 1e-6
 
@@ -22,6 +23,11 @@ def layers_for(name: str) -> int:
     """Smallest depth at which a preset's block size divides the sublayers."""
     r = preset(name)
     return max(2, (r.block_size or 2) // 2) if r.kind == "block" and r.block_size else 4
+
+
+def source_labels(cfg: ModelConfig, i: int) -> list[str]:
+    """What point ``i`` reads, from the rule's source plan (what describe and diagnostics print)."""
+    return list(spec_for(cfg.residual).source_plan(cfg.residual, cfg.n_sublayers).sources[i])
 
 
 def randomize_residual_(model: AttnResLM, generator: torch.Generator, scale: float = 0.5) -> None:
@@ -128,7 +134,7 @@ def test_attnres_matches_hand_unrolled_float64_loop(residual: ResidualConfig, n_
     assert torch.equal(inputs[0], v0) or residual.score == "sigmoid", "layer 1 must see only the embedding"
     for l in range(L + 1):
         sources = expected_sources(l, outputs, v0, s, L, residual.window)
-        assert len(sources) == len(rule.source_labels(l))
+        assert len(sources) == len(source_labels(cfg, l))
         gain = rule.key_gains[l] if residual.key_norm == "rmsnorm" else None
         expected = attnres_by_hand(sources, rule.queries[l], gain, residual.score)
         got = inputs[l] if l < L else final_in[0]
@@ -136,14 +142,14 @@ def test_attnres_matches_hand_unrolled_float64_loop(residual: ResidualConfig, n_
 
 
 def test_layer_one_sees_only_the_embedding_and_partials_reset() -> None:
-    rule = AttnResLM(tiny(ResidualConfig("block", block_size=4), n_layers=4)).residual
-    assert rule.source_labels(0) == ["b0"]
-    assert rule.source_labels(3) == ["b0", "b1^3"]
-    assert rule.source_labels(4) == ["b0", "b1"]  # first layer of block 2: no partial, not seeded
-    assert rule.source_labels(5) == ["b0", "b1", "b2^1"]
-    assert rule.source_labels(8) == ["b0", "b1", "b2"]  # the head reads every completed block
-    swa = AttnResLM(tiny(ResidualConfig("full", window=3), n_layers=4)).residual
-    assert swa.source_labels(7) == ["b0", "f5", "f6", "f7"]  # v0 + the 3 most recent of f1..f7
+    cfg = tiny(ResidualConfig("block", block_size=4), n_layers=4)
+    assert source_labels(cfg, 0) == ["b0"]
+    assert source_labels(cfg, 3) == ["b0", "b1^3"]
+    assert source_labels(cfg, 4) == ["b0", "b1"]  # first layer of block 2: no partial, not seeded
+    assert source_labels(cfg, 5) == ["b0", "b1", "b2^1"]
+    assert source_labels(cfg, 8) == ["b0", "b1", "b2"]  # the head reads every completed block
+    swa = tiny(ResidualConfig("full", window=3), n_layers=4)
+    assert source_labels(swa, 7) == ["b0", "f5", "f6", "f7"]  # v0 + the 3 most recent of f1..f7
 
 
 def test_block_size_one_equals_full_exactly() -> None:
@@ -185,7 +191,7 @@ def test_mhc_residual_matrix_is_doubly_stochastic(kind: str) -> None:
     rule = model.residual
     assert isinstance(rule, MHCRule)
     streams = torch.randn(4, 2, 16, 32)
-    for i in range(rule.n_layers):
+    for i in range(rule.n_sublayers):
         pre, post, res = rule.maps(i, streams)
         assert res.shape == (2, 16, 4, 4)
         assert (res >= 0).all()

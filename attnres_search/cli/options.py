@@ -6,34 +6,41 @@ from typing import Any, Callable
 
 import click
 
-from attnres_search.model.config import PRESETS
+from attnres_search.residual import PRESETS
+from attnres_search.units import parse_count
 
 
-class PresetType(click.Choice):
-    """A preset name; an unknown one is a usage error (exit 2) listing the known names."""
+class PresetType(click.ParamType):
+    """A preset name, looked up when the command runs (so presets registered by plug-ins
+    count); an unknown one is a usage error (exit 2) listing the known names."""
 
     name = "preset"
 
-    def __init__(self) -> None:
-        super().__init__(list(PRESETS), case_sensitive=True)
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value in PRESETS:
+            return str(value)
+        self.fail(f"unknown preset {value!r}; known presets: {', '.join(PRESETS)}", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "PRESET"
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(name) for name in PRESETS if name.startswith(incomplete)]
 
 
 class TokenCount(click.ParamType):
-    """Integers with k/M/B suffixes: ``500k``, ``2M``, ``1.5B``."""
+    """Positive integers with k/M/B suffixes (``500k``, ``2M``, ``1.5B``), parsed by
+    :func:`attnres_search.units.parse_count` exactly as the YAML spaces parse them."""
 
     name = "tokens"
-    _suffixes = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().lower().replace("_", "")
-        scale = self._suffixes.get(text[-1:], 1)
-        number = text[:-1] if scale != 1 else text
         try:
-            result = int(float(number) * scale)
-        except ValueError:
-            self.fail(f"{value!r} is not a token count (examples: 500k, 2M, 1.5B)", param, ctx)
+            result = parse_count(value, "token count")
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
         if result <= 0:
             self.fail(f"{value!r} must be positive", param, ctx)
         return result

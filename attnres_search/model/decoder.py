@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from attnres_search.model.config import ModelConfig
 from attnres_search.model.layers import Attention, RMSNorm, Rotary, SwiGLU, init_sublayer_
-from attnres_search.residual.rules import ResidualRule, build_rule
+from attnres_search.residual import ResidualRule, spec_for
 
 
 class AttnResLM(nn.Module):
@@ -28,7 +28,7 @@ class AttnResLM(nn.Module):
                 layer = SwiGLU(d, cfg.ffn_dim, cfg.norm_eps)
             init_sublayer_(layer, n_sub)
             self.sublayers.append(layer)
-        self.residual: ResidualRule = build_rule(cfg.residual, n_sub, d)
+        self.residual: ResidualRule = spec_for(cfg.residual).build(cfg.residual, n_sub, d)
         self.final_norm = RMSNorm(d, cfg.norm_eps)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, 0.0, 0.02)
@@ -57,7 +57,8 @@ class AttnResLM(nn.Module):
             self.recorded = {
                 "output_rms": output_rms,
                 "alpha": alpha,
-                "sources": [rule.source_labels(i) for i in range(n_points)],
+                "sources": [list(labels) for labels in spec_for(self.cfg.residual).source_plan(
+                    self.cfg.residual, n_points - 1).sources],
             }
             rule.record = False
         return logits

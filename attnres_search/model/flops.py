@@ -1,4 +1,5 @@
-"""Parameter and FLOP accounting, so studies can match compute across variants.
+"""Parameter and FLOP accounting, by arithmetic (nothing is allocated, so ``model describe``
+answers at once for any shape), so studies can match compute across variants.
 
 Forward FLOPs per token follow Kaplan et al.: 2 per multiply-accumulate of every weight
 matrix a token passes through (sublayers and head; the embedding lookup is free), plus the
@@ -9,38 +10,13 @@ small but not zero. Training = 3 x forward.
 
 from __future__ import annotations
 
-import math
-
 from attnres_search.model.config import ModelConfig
+from attnres_search.residual import spec_for
 
 
 def residual_flops_per_token(cfg: ModelConfig) -> float:
-    """Forward FLOPs/token of the residual rule itself."""
-    r, d, n_sub = cfg.residual, cfg.d_model, cfg.n_sublayers
-    if r.kind == "prenorm":
-        return float(n_sub * d)  # one add per sublayer
-    if r.kind == "denseformer":
-        return float(sum(2 * (i + 2) * d for i in range(n_sub)))
-    if r.kind in ("mhc", "mhc_lite"):
-        m = r.streams
-        n_res = math.factorial(m) if r.kind == "mhc_lite" else m * m
-        per_layer = 2 * m * d * (2 * m + n_res) + 2 * m * d + 2 * m * m * d + 2 * m * d
-        return float(n_sub * per_layer)
-    s = r.resolve_block_size(n_sub)
-    total = 0.0
-    for i in range(n_sub + 1):
-        n_done = 1 + i // s
-        has_partial = (i % s != 0) if i < n_sub else (n_sub % s != 0)
-        n = n_done + int(has_partial)
-        if r.window is not None:
-            n = min(n, 1 + r.window)
-        per_source = 4 * d + (3 * d if r.key_norm == "rmsnorm" else 0)  # logit + weighted sum (+ norm)
-        total += n * per_source
-        if r.query == "input_dependent":
-            total += 2 * d * d
-        if r.kind == "block" and i < n_sub and i % s != 0:
-            total += d  # the partial-sum add
-    return total
+    """Forward FLOPs/token of the residual rule itself (the rule's spec counts them)."""
+    return spec_for(cfg.residual).flops_per_token(cfg.residual, cfg.n_sublayers, cfg.d_model)
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -56,3 +32,15 @@ def flops_per_token(cfg: ModelConfig) -> dict[str, float]:
     residual = residual_flops_per_token(cfg)
     forward = 2 * matmul_params(cfg) + context + residual
     return {"forward": float(forward), "train": float(3 * forward), "attention_context": float(context), "residual": residual}
+
+
+def count_params(cfg: ModelConfig, non_embedding: bool = False) -> dict[str, int]:
+    """Parameters of :class:`~attnres_search.model.decoder.AttnResLM` for ``cfg``, counted
+    without building it: ``{"total", "non_embedding", "residual"}`` (tests check it
+    against the built model for every preset)."""
+    d, v = cfg.d_model, cfg.vocab_size
+    per_block = (4 * d * d + d) + (3 * d * cfg.ffn_dim + d)  # attention + MLP, each with its pre-norm gain
+    residual = spec_for(cfg.residual).num_params(cfg.residual, cfg.n_sublayers, d)
+    embedding = v * d
+    total = embedding + cfg.n_layers * per_block + d + residual + (0 if cfg.tie_embeddings else v * d)
+    return {"total": total, "non_embedding": total - embedding, "residual": residual}

@@ -7,7 +7,7 @@ from statistics import fmean
 from typing import Any, Iterable
 
 from attnres_search import paper
-from attnres_search.model.config import preset_label
+from attnres_search.residual import ResidualConfig, RuleSpec, preset_label, spec_for
 from attnres_search.reports import fits
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord
 from attnres_search.reports.stats import NO_FIGURE, Comparison, paired_test, summarize, verdict
@@ -35,39 +35,32 @@ def build_report(records: StudyRecords, study_name: str, kind: str, *, test: str
 
 # ------------------------------------------------------------------------------------ helpers
 
+def _rule(residual: dict[str, Any]) -> tuple[RuleSpec, ResidualConfig]:
+    cfg = ResidualConfig.from_dict(residual, lenient=True)
+    return spec_for(cfg), cfg
+
+
+def _sublayers(n_layers: int | None) -> int | None:
+    return 2 * n_layers if n_layers else None
+
+
 def describe_residual(residual: dict[str, Any], n_layers: int | None) -> str:
-    """A short, human description of a residual rule's fields (what a preset name hides)."""
-    kind = residual.get("kind", "prenorm")
-    if kind in ("mhc", "mhc_lite"):
-        return f"{kind.replace('_', '-')} m={residual.get('streams', 4)}"
-    if kind in ("prenorm", "denseformer"):
-        return kind
-    s = block_size(residual, n_layers)
-    parts = ["full" if kind == "full" else f"block S={s if s is not None else '?'}"]
-    if kind == "block" and s and n_layers:
-        parts[0] += f" (N={2 * n_layers // s})"
-    extras = {("score", "sigmoid"): "sigmoid", ("key_norm", "none"): "no key norm",
-              ("query", "input_dependent"): "input-dep. query", ("mixing", "input_independent"): "static mixing"}
-    parts += [label for (name, value), label in extras.items() if residual.get(name) == value]
-    if residual.get("heads", 1) > 1:
-        parts.append(f"H={residual['heads']}")
-    if residual.get("window"):
-        parts.append(f"window 1+{residual['window']}")
-    return ", ".join(parts)
+    """A short, human description of a residual rule's fields (what a preset name hides);
+    ``n_layers`` counts transformer blocks, as stored in the model config."""
+    spec, cfg = _rule(residual)
+    return spec.label(cfg, _sublayers(n_layers))
 
 
 def block_size(residual: dict[str, Any], n_layers: int | None) -> int | None:
     """Sublayers per block (1 for Full AttnRes), None for rules without blocks."""
-    kind = residual.get("kind")
-    if kind == "full":
-        return 1
-    if kind != "block":
-        return None
-    if residual.get("block_size"):
-        return int(residual["block_size"])
-    if residual.get("num_blocks") and n_layers:
-        return 2 * n_layers // int(residual["num_blocks"])
-    return None
+    spec, cfg = _rule(residual)
+    return spec.block_size(cfg, _sublayers(n_layers))
+
+
+def paper_family(residual: dict[str, Any], depth_width: bool = False) -> str:
+    """The paper's grouping of a stored residual rule (scaling fits, Figure 7)."""
+    spec, cfg = _rule(residual)
+    return spec.depth_width_family(cfg) if depth_width else spec.family(cfg)
 
 
 def _residual_of(records: StudyRecords, variant: str, recs: list[TrialRecord]) -> tuple[dict[str, Any], int | None]:
@@ -240,7 +233,7 @@ def _depth_width(report: Report, records: StudyRecords, test: str, alpha: float)
             model = recs[0].model
             row: Row = {"variant": variant, **dict(group), "actual_ratio": _ratio(recs[0]),
                         "n_layers": model.get("n_layers"), "d_model": model.get("d_model"),
-                        "family": paper.depth_width_family(model.get("residual", {}).get("kind", "prenorm"))}
+                        "family": paper_family(model.get("residual", {}), depth_width=True)}
             row.update(_loss_fields(recs))
             row.update(_delta_fields(None if variant == base_name else _compare(recs, base, test)))
             row.update({"params": _mean_attr(recs, "params_non_embedding"), "tokens": _mean_attr(recs, "tokens"),
@@ -327,7 +320,7 @@ def _scaling(report: Report, records: StudyRecords, test: str, alpha: float) -> 
                         "d_model": model.get("d_model"), "params": _mean_attr(recs, "params_total"),
                         "tokens": _mean_attr(recs, "tokens"), "flops": flops,
                         "pflops_days": flops / paper.PFLOPS_DAY if flops else None,
-                        "family": paper.family(model.get("residual", {}).get("kind", "prenorm"))}
+                        "family": paper_family(model.get("residual", {}))}
             row.update(_loss_fields(recs))
             points.append(row)
     report.tables.append(Table("points", "Loss per model size", [

@@ -6,13 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from attnres_search.model.config import PRESETS
+from attnres_search.residual import PRESETS
 from attnres_search.study.space import Space
 
 if TYPE_CHECKING:
     import optuna
 
-from attnres_search.study.core import ATTR_SKIPPED
+from attnres_search.study.attrs import ATTR_SKIPPED
 
 Group = tuple[tuple[str, Any], ...]
 

@@ -1,0 +1,121 @@
+"""Hyper-connections (Zhu et al. 2024), the unconstrained predecessor of mHC.
+
+n residual streams X[n, ..., d]. Sublayer i reads h = sum_k pre_k X_k, and the streams
+become X'_j = sum_k res_kj X_k + post_j f. Static (``dynamic: false``): pre, res, post are
+learned per sublayer. Dynamic: each gets a token-dependent term s * tanh(RMSNorm(X_k) W)
+on top, with W zero-initialised (and s = 0.01), so both start as the static rule.
+
+Initialisation follows the paper's equivalence to the pre-norm residual: pre is one-hot on
+stream i mod n, res the identity, post all ones, and every stream starts as v_0. Then all
+streams stay equal to the baseline's h, and the head reads their mean, so the model starts
+exactly as the baseline. Nothing constrains res to be doubly stochastic: that is what mHC
+adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from attnres_search.model.layers import rms_normalize
+from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
+
+DYNAMIC_SCALE_INIT = 0.01
+
+
+@dataclass(frozen=True)
+class HyperConnectionsConfig(ResidualConfig):
+    kind: str = "hc"
+    streams: int = 4
+    dynamic: bool = False
+    KINDS: ClassVar[tuple[str, ...]] = ("hc",)
+
+    def validate(self) -> None:
+        check_positive("streams", self.streams)
+        if not isinstance(self.dynamic, bool):
+            raise ValueError(f"dynamic must be true or false, got {self.dynamic!r}")
+
+
+class HyperConnectionsRule(ResidualRule):
+    def __init__(self, cfg: HyperConnectionsConfig, n_sublayers: int, d_model: int) -> None:
+        super().__init__(n_sublayers, d_model)
+        n = cfg.streams
+        self.n = n
+        self.dynamic = cfg.dynamic
+        pre = torch.zeros(n_sublayers, n)
+        pre[torch.arange(n_sublayers), torch.arange(n_sublayers) % n] = 1.0
+        self.pre = nn.Parameter(pre)
+        self.res = nn.Parameter(torch.eye(n).repeat(n_sublayers, 1, 1))
+        self.post = nn.Parameter(torch.ones(n_sublayers, n))
+        if cfg.dynamic:
+            # Columns: 1 for pre, n for the row of res, 1 for post, per stream.
+            self.proj = nn.Parameter(torch.zeros(n_sublayers, d_model, n + 2))
+            self.scale = nn.Parameter(torch.full((n_sublayers, 2), DYNAMIC_SCALE_INIT))  # s_alpha, s_beta
+
+    def maps(self, i: int, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """pre [n, ...], res [n, n, ...] (row k: how stream k feeds each new stream), post [n, ...]."""
+        n, dt = self.n, streams.dtype
+        extra = (1,) * (streams.dim() - 2)
+        pre = self.pre[i].to(dt).view(n, *extra)
+        res = self.res[i].to(dt).view(n, n, *extra)
+        post = self.post[i].to(dt).view(n, *extra)
+        if self.dynamic:
+            t = torch.tanh(rms_normalize(streams, 1e-6) @ self.proj[i].to(dt))  # [n, ..., n + 2]
+            s_alpha, s_beta = self.scale[i].to(dt)
+            pre = pre + s_alpha * t[..., 0]
+            res = res + s_alpha * t[..., 1 : n + 1].movedim(-1, 1)
+            post = post + s_beta * t[..., n + 1]
+        return pre, res, post
+
+    def begin(self, v0: Tensor) -> dict[str, Any]:
+        return {"X": v0.unsqueeze(0).expand(self.n, *v0.shape)}
+
+    def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
+        pre, res, post = self.maps(i, state["X"])
+        state["res"], state["post"] = res, post
+        return (pre.unsqueeze(-1) * state["X"]).sum(0)
+
+    def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
+        X = state["X"]
+        mixed = (state["res"].unsqueeze(-1) * X.unsqueeze(1)).sum(0)  # sum_k res_kj X_k
+        state["X"] = mixed + state["post"].unsqueeze(-1) * f
+
+    def final(self, state: dict[str, Any]) -> Tensor:
+        return state["X"].mean(0)
+
+
+class HyperConnectionsSpec(RuleSpec):
+    config = HyperConnectionsConfig
+
+    def build(self, cfg: HyperConnectionsConfig, n_sublayers: int, d_model: int) -> HyperConnectionsRule:
+        return HyperConnectionsRule(cfg, n_sublayers, d_model)
+
+    def flops_per_token(self, cfg: HyperConnectionsConfig, n_sublayers: int, d_model: int) -> float:
+        n, d = cfg.streams, d_model
+        per_layer = 2 * n * d + 2 * n * n * d + 2 * n * d  # read, stream mix, write
+        if cfg.dynamic:
+            per_layer += 3 * n * d + 2 * n * d * (n + 2)  # stream norms and projections
+        return float(n_sublayers * per_layer)
+
+    def num_params(self, cfg: HyperConnectionsConfig, n_sublayers: int, d_model: int) -> int:
+        n = cfg.streams
+        per_layer = n + n * n + n
+        if cfg.dynamic:
+            per_layer += d_model * (n + 2) + 2
+        return n_sublayers * per_layer
+
+    def source_plan(self, cfg: HyperConnectionsConfig, n_sublayers: int) -> SourcePlan:
+        streams = tuple(f"X{k}" for k in range(cfg.streams))
+        return SourcePlan((streams,) * (n_sublayers + 1), (None,) * (n_sublayers + 1))
+
+    def label(self, cfg: HyperConnectionsConfig, n_sublayers: int | None) -> str:
+        return f"hc{'-dynamic' if cfg.dynamic else ''} n={cfg.streams}"
+
+    def family(self, cfg: HyperConnectionsConfig) -> str:
+        return "hc-dynamic" if cfg.dynamic else "hc"
+
+
+SPEC = HyperConnectionsSpec()

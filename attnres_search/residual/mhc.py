@@ -1,0 +1,153 @@
+"""Manifold-constrained hyper-connections (mHC, and mHC-lite) with m residual streams.
+
+X[m, ..., d] are the streams; per sublayer, X' = H_res X + H_post^T f and the sublayer
+reads h = H_pre X, with H_pre = sigmoid(.), H_post = 2 sigmoid(.) and H_res doubly
+stochastic: Sinkhorn-projected (``mhc``) or a convex combination of the m! permutation
+matrices (``mhc_lite``, exactly doubly stochastic). Each map is a static bias plus a
+dynamic projection of the normalised streams; the projections start at zero and the
+biases make H_pre = 1/m, H_post = 1, so with every stream initialised to v_0 the streams
+stay equal and the model starts as the baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from attnres_search.model.layers import rms_normalize
+from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
+
+
+@dataclass(frozen=True)
+class MHCConfig(ResidualConfig):
+    kind: str = "mhc"
+    streams: int = 4
+    sinkhorn_iters: int = 20
+    KINDS: ClassVar[tuple[str, ...]] = ("mhc", "mhc_lite")
+
+    def validate(self) -> None:
+        check_positive("streams", self.streams)
+        check_positive("sinkhorn_iters", self.sinkhorn_iters)
+        if self.streams < 2:
+            raise ValueError(f"streams must be >= 2 for {self.kind}, got {self.streams}")
+        if self.kind == "mhc_lite" and self.streams > 5:
+            raise ValueError("streams must be <= 5 for mhc_lite (it mixes all m! permutation matrices)")
+
+    def ignored_fields(self) -> tuple[str, ...]:
+        return ("sinkhorn_iters",) if self.kind == "mhc_lite" else ()
+
+
+def sinkhorn(logits: Tensor, iters: int) -> Tensor:
+    """Project exp(logits[..., m, m]) towards the doubly stochastic matrices (Sinkhorn-Knopp).
+
+    Works on exp(logits - rowmax) in fp32 (float64 stays float64) with plain column and
+    row divisions: each half-step is one reduction and one division instead of a
+    log-sum-exp's five kernels, which is what made mHC several times slower than the
+    baseline. Shifting each column by its max keeps every entry in (0, 1], so nothing
+    overflows, and the first column normalisation cancels the shift, so the iterates equal
+    those of the log-space algorithm; ends on a row normalisation so rows are exact.
+    """
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    m = torch.exp(x - x.amax(dim=-2, keepdim=True))
+    for _ in range(iters):
+        m = m / m.sum(dim=-2, keepdim=True)
+        m = m / m.sum(dim=-1, keepdim=True)
+    return m
+
+
+def permutation_matrices(m: int) -> Tensor:
+    """All m! permutation matrices, identity first: ``[m!, m, m]``."""
+    perms = list(itertools.permutations(range(m)))
+    eye = torch.eye(m)
+    return torch.stack([eye[list(p)] for p in perms])
+
+
+class MHCRule(ResidualRule):
+    def __init__(self, cfg: MHCConfig, n_sublayers: int, d_model: int) -> None:
+        super().__init__(n_sublayers, d_model)
+        m = cfg.streams
+        self.m = m
+        self.lite = cfg.kind == "mhc_lite"
+        self.sinkhorn_iters = cfg.sinkhorn_iters
+        n_res = math.factorial(m) if self.lite else m * m
+        self.phi = nn.Parameter(torch.zeros(n_sublayers, m * d_model, 2 * m + n_res))
+        bias = torch.zeros(n_sublayers, 2 * m + n_res)
+        bias[:, :m] = math.log(1 / (m - 1))  # sigmoid(b) = 1/m
+        # b_post stays 0: 2 sigmoid(0) = 1. H_res leans towards the identity, but only
+        # mildly: near-identity matrices are where Sinkhorn converges slowest, and 20
+        # iterations must still give columns summing to 1 within 1e-5.
+        if self.lite:
+            bias[:, 2 * m] = 2.0  # the identity permutation comes first
+            # Permutation matrices are exact in any dtype; kept out of .to(dtype) casts'
+            # way by being cast to the coefficients' dtype where they are used.
+            self.register_buffer("perms", permutation_matrices(m), persistent=False)
+        else:
+            bias[:, 2 * m :] = torch.eye(m).flatten()
+        self.bias = nn.Parameter(bias)
+
+    def maps(self, i: int, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(H_pre [..., m], H_post [..., m], H_res [..., m, m]) for sublayer i, per token,
+        in fp32 (float64 for a float64 model)."""
+        m = self.m
+        ct = torch.float64 if streams.dtype == torch.float64 else torch.float32
+        x = rms_normalize(streams.movedim(0, -2).flatten(-2), 1e-6)  # [..., m*d]
+        coeff = x.to(ct) @ self.phi[i].to(ct) + self.bias[i].to(ct)
+        pre = torch.sigmoid(coeff[..., :m])
+        post = 2 * torch.sigmoid(coeff[..., m : 2 * m])
+        res_logits = coeff[..., 2 * m :]
+        if self.lite:
+            res = torch.einsum("...p,pij->...ij", torch.softmax(res_logits, -1), self.perms.to(ct))
+        else:
+            res = sinkhorn(res_logits.unflatten(-1, (m, m)), self.sinkhorn_iters)
+        return pre, post, res
+
+    def begin(self, v0: Tensor) -> dict[str, Any]:
+        return {"X": v0.unsqueeze(0).expand(self.m, *v0.shape)}
+
+    def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
+        pre, post, res = self.maps(i, state["X"])
+        state["post"], state["res"] = post, res
+        dt = state["X"].dtype
+        return torch.einsum("...k,k...d->...d", pre.to(dt), state["X"])
+
+    def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
+        dt = f.dtype
+        mixed = torch.einsum("...kj,j...d->k...d", state["res"].to(dt), state["X"])
+        state["X"] = mixed + state["post"].to(dt).movedim(-1, 0).unsqueeze(-1) * f
+
+    def final(self, state: dict[str, Any]) -> Tensor:
+        return state["X"].mean(0)
+
+
+class MHCSpec(RuleSpec):
+    config = MHCConfig
+
+    def build(self, cfg: MHCConfig, n_sublayers: int, d_model: int) -> MHCRule:
+        return MHCRule(cfg, n_sublayers, d_model)
+
+    def _n_res(self, cfg: MHCConfig) -> int:
+        return math.factorial(cfg.streams) if cfg.kind == "mhc_lite" else cfg.streams ** 2
+
+    def flops_per_token(self, cfg: MHCConfig, n_sublayers: int, d_model: int) -> float:
+        m, d = cfg.streams, d_model
+        per_layer = 2 * m * d * (2 * m + self._n_res(cfg)) + 2 * m * d + 2 * m * m * d + 2 * m * d
+        return float(n_sublayers * per_layer)
+
+    def num_params(self, cfg: MHCConfig, n_sublayers: int, d_model: int) -> int:
+        width = 2 * cfg.streams + self._n_res(cfg)
+        return n_sublayers * (cfg.streams * d_model * width + width)
+
+    def source_plan(self, cfg: MHCConfig, n_sublayers: int) -> SourcePlan:
+        streams = tuple(f"X{k}" for k in range(cfg.streams))
+        return SourcePlan((streams,) * (n_sublayers + 1), (None,) * (n_sublayers + 1))
+
+    def label(self, cfg: MHCConfig, n_sublayers: int | None) -> str:
+        return f"{cfg.kind.replace('_', '-')} m={cfg.streams}"
+
+
+SPEC = MHCSpec()
