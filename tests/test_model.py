@@ -190,7 +190,7 @@ def test_mhc_residual_matrix_is_doubly_stochastic(kind: str) -> None:
     randomize_residual_(model, torch.Generator().manual_seed(7), scale=0.05)
     rule = model.residual
     assert isinstance(rule, MHCRule)
-    streams = torch.randn(4, 2, 16, 32)
+    streams = torch.randn(2, 16, 4, 32)  # token-major: [..., m, d]
     for i in range(rule.n_sublayers):
         pre, post, res = rule.maps(i, streams)
         assert res.shape == (2, 16, 4, 4)
@@ -268,3 +268,20 @@ def test_describe_cli_prints_counts_and_sources() -> None:
     assert "b0, b1, b2^1" in result.output
     bad = CliRunner().invoke(cli, ["model", "describe", "block-s4", "--layers", "3"])
     assert bad.exit_code == 2 and "block_size=4 does not divide" in bad.output
+
+
+def test_sinkhorn_equals_the_log_space_iteration_with_its_gradient_in_float64() -> None:
+    from attnres_search.residual.mhc import sinkhorn_reference
+
+    g = torch.Generator().manual_seed(12)
+    logits = (torch.randn(3, 5, 4, 4, generator=g, dtype=torch.float64) + 2 * torch.eye(4, dtype=torch.float64))
+    logits.requires_grad_(True)
+    weights = torch.randn(3, 5, 4, 4, generator=g, dtype=torch.float64)
+    for iters in (1, 2, 20):
+        ours = sinkhorn(logits, iters)
+        ref = sinkhorn_reference(logits, iters)
+        torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
+        (g_ours,) = torch.autograd.grad((ours * weights).sum(), logits)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
+        torch.testing.assert_close(g_ours, g_ref, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda x: sinkhorn(x, 3), (logits[:1, :2].detach().requires_grad_(True),))

@@ -56,35 +56,34 @@ class HyperConnectionsRule(ResidualRule):
             self.scale = nn.Parameter(torch.full((n_sublayers, 2), DYNAMIC_SCALE_INIT))  # s_alpha, s_beta
 
     def maps(self, i: int, streams: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """pre [n, ...], res [n, n, ...] (row k: how stream k feeds each new stream), post [n, ...]."""
+        """From token-major streams ``[..., n, d]``: pre ``[..., n]``, res ``[..., n, n]``
+        (row k: how stream k feeds each new stream), post ``[..., n]``."""
         n, dt = self.n, streams.dtype
-        extra = (1,) * (streams.dim() - 2)
-        pre = self.pre[i].to(dt).view(n, *extra)
-        res = self.res[i].to(dt).view(n, n, *extra)
-        post = self.post[i].to(dt).view(n, *extra)
+        pre, res, post = self.pre[i].to(dt), self.res[i].to(dt), self.post[i].to(dt)
         if self.dynamic:
-            t = torch.tanh(rms_normalize(streams, 1e-6) @ self.proj[i].to(dt))  # [n, ..., n + 2]
+            t = torch.tanh(rms_normalize(streams, 1e-6) @ self.proj[i].to(dt))  # [..., n, n + 2]
             s_alpha, s_beta = self.scale[i].to(dt)
             pre = pre + s_alpha * t[..., 0]
-            res = res + s_alpha * t[..., 1 : n + 1].movedim(-1, 1)
+            res = res + s_alpha * t[..., 1 : n + 1]
             post = post + s_beta * t[..., n + 1]
         return pre, res, post
 
     def begin(self, v0: Tensor) -> dict[str, Any]:
-        return {"X": v0.unsqueeze(0).expand(self.n, *v0.shape)}
+        return {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.n, v0.shape[-1])}
 
     def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
-        pre, res, post = self.maps(i, state["X"])
+        X = state["X"]
+        pre, res, post = self.maps(i, X)
         state["res"], state["post"] = res, post
-        return (pre.unsqueeze(-1) * state["X"]).sum(0)
+        return (pre.unsqueeze(-2) @ X).squeeze(-2) if pre.dim() > 1 else pre @ X
 
     def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
-        X = state["X"]
-        mixed = (state["res"].unsqueeze(-1) * X.unsqueeze(1)).sum(0)  # sum_k res_kj X_k
-        state["X"] = mixed + state["post"].unsqueeze(-1) * f
+        # X'_j = sum_k res_kj X_k + post_j f
+        res, post = state["res"], state["post"]
+        state["X"] = torch.addcmul(res.transpose(-1, -2) @ state["X"], post.unsqueeze(-1), f.unsqueeze(-2))
 
     def final(self, state: dict[str, Any]) -> Tensor:
-        return state["X"].mean(0)
+        return state["X"].mean(-2)
 
 
 class HyperConnectionsSpec(RuleSpec):
