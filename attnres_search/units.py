@@ -34,3 +34,12 @@ def parse_count(value: Any, what: str = "value") -> int:
     if not math.isfinite(parsed):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return int(parsed * scale)
+
+
+def format_count(value: float) -> str:
+    """The inverse spelling for display: 3 significant digits with a k/M/G/T/P suffix
+    (1234567 -> ``1.23M``); zero and non-finite values as Python writes them."""
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    exponent = min(5, max(0, int(math.log10(abs(value)) // 3)))
+    return f"{value / 1000**exponent:.3g}{['', 'k', 'M', 'G', 'T', 'P'][exponent]}"

@@ -149,3 +149,29 @@ def test_too_short_validation_split_is_rejected(tmp_path):
     (tmp_path / "t.txt").write_text("x" * 300)
     with pytest.raises(ValueError, match="validation split"):
         LMDataModule(load_corpus(f"text:{tmp_path / 't.txt'}"), seq_len=64, batch_size=2, seed=0, val_windows=2)
+
+
+def test_check_source_split_arithmetic_matches_the_loaded_corpus(tmp_path):
+    """check_source decides from file sizes alone; its split must be the one loading makes."""
+    from attnres_search.training.data.sources import _stdlib_lengths, _text_lengths, split_lengths
+
+    small = load_corpus("pystdlib?max_mb=1")
+    assert split_lengths(_stdlib_lengths(2**20)) == (small.train.n_tokens, small.val.n_tokens)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(25):  # 20 or more documents: every 20th is validation
+        (folder / f"{i:02d}.txt").write_bytes(bytes([65 + i]) * (100 + i))
+    for source, path in ((f"text:{folder}", folder), (f"text:{folder / '03.txt'}", folder / "03.txt")):
+        corpus = load_corpus(source)
+        assert split_lengths(_text_lengths(path, 64 * 2**20)) == (corpus.train.n_tokens, corpus.val.n_tokens)
+
+
+def test_rewritten_shard_is_checked_again(tmp_path):
+    from attnres_search.errors import BadInput
+
+    write_shard(tmp_path / "a.bin", np.zeros(500, dtype=np.uint16))
+    write_shard(tmp_path / "b.bin", np.full(500, 9, dtype=np.uint16))
+    assert load_corpus(f"shards:{tmp_path}/*.bin?vocab=10").val.n_tokens == 500
+    write_shard(tmp_path / "b.bin", np.full(600, 10, dtype=np.uint16))  # new size: not the cached scan
+    with pytest.raises(BadInput, match="token id 10 at position 0"):
+        load_corpus(f"shards:{tmp_path}/*.bin?vocab=10")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any
 
@@ -12,14 +11,8 @@ import click
 
 from attnres_search.cli.errors import BadInput
 from attnres_search.cli.options import TOKENS, preset_option
-
-
-def _si(value: float) -> str:
-    """3 significant digits with a k/M/G/T/P suffix: 1234567 -> 1.23M."""
-    if value == 0 or not math.isfinite(value):
-        return str(value)
-    exponent = min(5, max(0, int(math.log10(abs(value)) // 3)))
-    return f"{value / 1000**exponent:.3g}{['', 'k', 'M', 'G', 'T', 'P'][exponent]}"
+from attnres_search.cli.terminal import error, stderr_console, stdout_console
+from attnres_search.units import format_count as _si
 
 
 def _summary_table(result: Any) -> Any:
@@ -87,27 +80,32 @@ def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, 
           tokens: int, steps: int | None, as_json: bool, quiet: bool, **run_fields: Any) -> None:
     """Train one model and report loss, compute and throughput."""
     from attnres_search.model.config import ModelConfig, preset as get_preset
-    from attnres_search.training.data import source_vocab_size
     from attnres_search.training.config import RunConfig
-    from attnres_search.training.run import NonFiniteLoss, run
+    from attnres_search.training.data import source_vocab_size
+    from attnres_search.training.run import NonFiniteLoss, RunInterrupted, run
 
+    show = not (quiet or as_json)
     try:
         model = ModelConfig(
             vocab_size=vocab_size or source_vocab_size(run_fields["data"]),
             n_layers=n_layers, d_model=d_model, n_heads=n_heads, seq_len=seq_len, residual=get_preset(preset),
         )
         cfg = RunConfig(model=model, tokens=None if steps is not None else tokens, steps=steps, **run_fields)
-        result = run(cfg, progress=False if quiet or as_json else None)
+        # run() checks the whole config (check_run) before it writes anything.
+        result = run(cfg, progress=show, console=stderr_console() if show and sys.stderr.isatty() else None)
     except NonFiniteLoss as exc:
         raise click.ClickException(f"training diverged: {exc}") from None
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    except RunInterrupted as exc:
+        written = f"; {exc.record} marked interrupted" if exc.record is not None else ""
+        resume = "; continue with --resume" if exc.checkpoint is not None else ""
+        error(f"{exc}{written}{resume}")
+        raise SystemExit(exc.code) from None
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif not quiet:
-        from rich.console import Console
-
-        Console(file=sys.stdout).print(_summary_table(result))
+        stdout_console().print(_summary_table(result))
 
 
 @click.command()

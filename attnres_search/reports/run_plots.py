@@ -104,14 +104,43 @@ def _alpha_plot(snapshot: dict[str, Any], title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _is_curve(value: Any) -> bool:
+    """A list of ``[step, loss]`` number pairs."""
+    return isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
+        for p in value
+    )
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """The run record in ``path`` (``run.json`` from ``train --out``), or ``ValueError`` with
+    one line saying why it is not one: unreadable, not JSON, or JSON without a run's
+    ``config`` object and ``[step, loss]`` curves."""
+    where = str(path)
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read run file {where!r}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"cannot read run file {where!r}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{where!r} is not a run file: expected a JSON object, got a {type(run).__name__}")
+    missing = [key for key in ("config", "val_curve") if key not in run]
+    if missing:
+        raise ValueError(f"{where!r} is not a run file: no {' or '.join(map(repr, missing))} (write one with train --out)")
+    if not isinstance(run["config"], dict):
+        raise ValueError(f"{where!r} is not a run file: 'config' is not an object")
+    for key in ("val_curve", "train_curve"):
+        if key in run and not _is_curve(run[key]):
+            raise ValueError(f"{where!r} is not a run file: {key!r} is not a list of [step, loss] pairs")
+    return run
+
+
 def plot_run(run_json_path: str | Path, out_dir: str | Path) -> list[Path]:
     """Write the run's figures into ``out_dir`` and return their paths. The depth-mixing
     heatmap exists only for AttnRes rules (others have no α)."""
     run_json = Path(run_json_path)
-    try:
-        run = json.loads(run_json.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read run file {str(run_json)!r}: {exc}") from None
+    run = read_run_file(run_json)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     title = _variant_label(run.get("config", {}))

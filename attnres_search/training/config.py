@@ -12,6 +12,9 @@ from typing import Any
 
 from attnres_search.model.config import ModelConfig
 
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("wsd", "cosine")
+
 
 @dataclass
 class RunConfig:
@@ -82,6 +85,9 @@ class RunResult:
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     resumed_from_step: int | None = None
+    # True when a signal (SIGTERM) stopped the run early: the numbers cover the steps done
+    # (``steps`` of the planned ``config``), the losses are the last measured (None if none).
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

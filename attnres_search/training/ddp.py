@@ -7,6 +7,9 @@ processes created externally and runs its DDP strategy (gloo on CPU, NCCL on GPU
 writes ``run.json``; the caller reads it back. The ranks never touch the study, so they
 cannot diverge on what Optuna decided; caller-side callbacks (pruning, progress) do not
 cross the process boundary, so multi-device trials are neither pruned nor shown step by step.
+
+The rank's entry point is passed in (:func:`attnres_search.training.run.run` passes
+itself), so this module imports nothing from the run it serves: no import cycle.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -36,16 +41,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, cfg: RunConfig, port: int) -> None:
+RankEntry = Callable[..., Any]  # called as entry(cfg, progress=False) in each rank
+
+
+def _rank_main(rank: int, entry: RankEntry, cfg: RunConfig, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(cfg.devices),
                       RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0")
-    from attnres_search.training.run import run
-
-    run(cfg, progress=False)
+    entry(cfg, progress=False)
 
 
-def run_ddp(cfg: RunConfig) -> RunResult:
-    """Run ``cfg`` on ``cfg.devices`` processes and return rank 0's result."""
+def run_ddp(cfg: RunConfig, entry: RankEntry) -> RunResult:
+    """Run ``entry(cfg)`` on ``cfg.devices`` processes and return rank 0's result.
+
+    ``entry`` must be a module-level function (it is pickled by name into spawned ranks)."""
     with tempfile.TemporaryDirectory(prefix="attnres-ddp-") as tmp:
         out_dir = cfg.out_dir or tmp
         cfg = dataclasses.replace(cfg, out_dir=out_dir)
@@ -53,7 +61,7 @@ def run_ddp(cfg: RunConfig) -> RunResult:
         result_path.unlink(missing_ok=True)
         saved = {k: os.environ.pop(k) for k in _RANK_ENV if k in os.environ}
         try:
-            mp.start_processes(_rank_main, args=(cfg, _free_port()), nprocs=cfg.devices, join=True,
+            mp.start_processes(_rank_main, args=(entry, cfg, _free_port()), nprocs=cfg.devices, join=True,
                                start_method="spawn")
         except mp.ProcessRaisedException as exc:
             reason = str(exc).strip().splitlines()[-1]

@@ -69,10 +69,9 @@ class LitLM(L.LightningModule):
         if step % self._curve_every == 0 or step == self.total_steps - 1:
             self.train_curve.append((step, value))
         # self.log costs ~0.5 ms of Python per call, as much as a small model's step: log
-        # every TRAIN_LOG_EVERY steps, or every step when a progress bar shows the loss.
-        show = self.trainer.progress_bar_callback is not None
-        if show or step % TRAIN_LOG_EVERY == 0 or step == self.total_steps - 1:
-            self.log("train_loss", loss.detach(), prog_bar=show, batch_size=batch[0].shape[0])
+        # every TRAIN_LOG_EVERY steps (the progress display reads the step's loss itself).
+        if step % TRAIN_LOG_EVERY == 0 or step == self.total_steps - 1:
+            self.log("train_loss", loss.detach(), batch_size=batch[0].shape[0])
         return loss
 
     def on_train_start(self) -> None:
@@ -113,7 +112,7 @@ class LitLM(L.LightningModule):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(torch.tensor(float(self._val_count), device=self.device), reduce_op="sum")
         loss = (total / count).float()
-        self.log("val_loss", loss, prog_bar=True)
+        self.log("val_loss", loss)
         if not self.trainer.sanity_checking:
             step = self.global_step
             if self.val_curve and self.val_curve[-1][0] == step:

@@ -20,10 +20,10 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from attnres_search.model.decoder import AttnResLM
-from attnres_search.training.config import RunConfig
+from attnres_search.training.checks import check_optimization
+from attnres_search.training.config import OPTIMIZERS, SCHEDULES, RunConfig
 
-OPTIMIZERS = ("adamw", "muon")
-SCHEDULES = ("wsd", "cosine")
+__all__ = ["OPTIMIZERS", "SCHEDULES", "CombinedOptimizer", "Schedule", "build_optimizer", "build_scheduler"]
 ADAM_BETAS = (0.9, 0.95)
 MUON_MOMENTUM = 0.95
 
@@ -75,23 +75,9 @@ class CombinedOptimizer(Optimizer):
         self.param_groups = [group for part in self.parts for group in part.param_groups]
 
 
-def check_names(cfg: RunConfig) -> None:
-    """Reject unknown optimizer/schedule names and impossible schedule fractions early."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {cfg.optimizer!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {cfg.schedule!r}")
-    if not (0 <= cfg.warmup_frac <= 1 and 0 <= cfg.decay_frac <= 1 and cfg.warmup_frac + cfg.decay_frac <= 1):
-        raise ValueError(
-            f"warmup_frac ({cfg.warmup_frac}) and decay_frac ({cfg.decay_frac}) must lie in [0, 1] and sum to at most 1"
-        )
-    if cfg.lr <= 0 or cfg.muon_lr <= 0:
-        raise ValueError(f"learning rates must be positive (lr={cfg.lr}, muon_lr={cfg.muon_lr})")
-
-
 def build_optimizer(model: AttnResLM, cfg: RunConfig) -> CombinedOptimizer:
     """Muon + AdamW or AdamW alone; residual-rule and norm parameters are never decayed."""
-    check_names(cfg)
+    check_optimization(cfg)
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if cfg.optimizer == "adamw":
         adamw = AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=ADAM_BETAS, **fused)
@@ -134,7 +120,7 @@ class Schedule:
 
 
 def build_scheduler(optimizer: Optimizer, cfg: RunConfig, total_steps: int) -> LambdaLR:
-    check_names(cfg)
+    check_optimization(cfg)
     schedule = Schedule(
         cfg.schedule,
         total_steps,
