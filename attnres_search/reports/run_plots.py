@@ -14,17 +14,19 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from attnres_search.residual import ResidualConfig, spec_for  # noqa: E402
 from attnres_search.training.diagnostics import sublayer_names  # noqa: E402
 
 
 def _variant_label(config: dict[str, Any]) -> str:
     model = config.get("model", {})
-    residual = model.get("residual", {})
-    kind = residual.get("kind", "prenorm")
-    extra = ""
-    if kind == "block":
-        extra = f", S={residual['block_size']}" if residual.get("block_size") else f", N={residual.get('num_blocks')}"
-    return f"{kind}{extra} | L_b={model.get('n_layers')} d={model.get('d_model')} seed={config.get('seed')}"
+    n_layers = model.get("n_layers")
+    try:  # the rule's own label; a run file from an unknown rule still plots
+        cfg = ResidualConfig.from_dict(model.get("residual", {}), lenient=True)
+        rule = spec_for(cfg).label(cfg, 2 * n_layers if n_layers else None)
+    except ValueError:
+        rule = str(model.get("residual", {}).get("kind", "?"))
+    return f"{rule} | L_b={n_layers} d={model.get('d_model')} seed={config.get('seed')}"
 
 
 def _snapshots(run: dict[str, Any], run_json: Path) -> list[dict[str, Any]]:
