@@ -22,9 +22,10 @@ import optuna_dashboard
 import pytest
 
 from attnres_search.training.config import RunConfig, RunResult
-from attnres_search.study.space import parse_space
+from attnres_search.study.handle import new_study
+from attnres_search.study.space_file import parse_space
 from attnres_search.study.storage import open_storage
-from attnres_search.study.core import create_study, run_worker
+from attnres_search.study.worker import run_worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = """
@@ -50,8 +51,7 @@ def fake_runner(cfg: RunConfig, **_: Any) -> RunResult:
 def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("ATTNRES_RUNS_DIR", str(tmp_path / "runs"))
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    create_study(parse_space(SPACE), "dash", open_storage(url, must_exist=False))
-    run_worker("dash", url, runner=fake_runner)
+    run_worker(new_study(parse_space(SPACE), "dash", open_storage(url, mode="create")), runner=fake_runner)
     return url
 
 
@@ -62,7 +62,7 @@ class _Quiet(WSGIRequestHandler):
 
 @pytest.fixture
 def served(url: str) -> Iterator[str]:
-    server: WSGIServer = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(open_storage(url)), handler_class=_Quiet)
+    server: WSGIServer = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(open_storage(url, mode="read")), handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"

@@ -12,8 +12,10 @@ import optuna
 import pytest
 from scipy import stats as sps
 
-from attnres_search.study.space import Space, cell_key, parse_space
-from attnres_search.study.core import ATTR_CELL, ATTR_KIND, ATTR_SPACE, ATTR_SPACE_NAME
+from attnres_search.study.attrs import ATTR_CELL, ATTR_KIND, ATTR_SPACE, ATTR_SPACE_NAME
+from attnres_search.study.cells import cell_key
+from attnres_search.study.space import Space
+from attnres_search.study.space_file import parse_space
 from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from attnres_search.model.flops import flops_per_token
-from attnres_search.study.space import builtin_names, cell_key, load_space, parse_space
+from attnres_search.study.cells import cell_key
+from attnres_search.study.space_file import builtin_names, load_space, parse_space
 
 MINIMAL = """
 model: {n_layers: 2, d_model: 32, n_heads: 2, seq_len: 32}
@@ -43,7 +44,8 @@ def test_ablation_space_covers_table4_and_block_count_reaches_s32() -> None:
                                                    "full-static", "full-sigmoid", "full-nokeynorm", "swa-8",
                                                    "block-s4", "block-mh16", "block-nokeynorm"}
     block = load_space("block-count")  # hyphen and underscore both name it
-    sizes = {block.run_config({"variant": v.name, "seed": 0}).model.residual.block_size for v in block.variants}
+    sizes = {getattr(block.run_config({"variant": v.name, "seed": 0}).model.residual, "block_size", None)
+             for v in block.variants}  # the baseline's rule has no blocks
     assert {2, 4, 8, 16, 32} <= sizes and "baseline" in {v.name for v in block.variants}
     assert block.model["n_layers"] * 2 >= 32
 
@@ -84,14 +86,21 @@ axes:
   lr: [1e-3, 3.0e-3]
   score: [softmax, sigmoid]
 variants:
-  - baseline
+  - full
   - {name: full-h2, preset: full, heads: 2}
-""")
+""")  # `score` is a field of the AttnRes rules only: see the test below for the baseline
     assert len(space.cells()) == 2 * 2 * 2 * 2
     run = space.run_config({"variant": "full-h2", "lr": 0.001, "score": "sigmoid", "seed": 0})
     assert run.lr == 0.001 and run.model.residual.heads == 2 and run.model.residual.score == "sigmoid"
     sampled = parse(MINIMAL.replace("seeds: 2", "seeds: [7]") + "axes: {lr: {low: 1e-4, high: 1e-2, log: true}}\nn_trials: 5\n")
     assert sampled.sampler == "tpe" and sampled.n_trials == 5 and sampled.seeds == (7,)
+
+
+def test_a_rule_field_swept_over_a_rule_without_it_is_an_error_naming_the_field() -> None:
+    """The baseline has no `score`: sweeping it there would make trials that differ in name only."""
+    with pytest.raises(ValueError) as err:
+        parse(MINIMAL + "axes: {score: [softmax, sigmoid]}\n")
+    assert "cell variant=baseline score=softmax" in str(err.value) and "'score' is not a field" in str(err.value)
 
 
 def test_user_file_by_path(tmp_path: Path) -> None:

@@ -13,9 +13,12 @@ import pytest
 from optuna.trial import TrialState
 
 from attnres_search.training.config import RunConfig, RunResult
-from attnres_search.study.space import cell_key, parse_space
+from attnres_search.study.attrs import ATTR_CELL
+from attnres_search.study.cells import cell_key
+from attnres_search.study.handle import StudyHandle, new_study, open_study
+from attnres_search.study.space_file import parse_space
 from attnres_search.study.storage import open_storage
-from attnres_search.study.core import ATTR_CELL, create_study, enqueue_missing, load_study, run_worker
+from attnres_search.study.worker import run_worker
 from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,8 +50,12 @@ def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"sqlite:///{tmp_path / 'studies.db'}"
 
 
-def new_study(url: str, text: str = SPACE) -> optuna.Study:
-    return create_study(parse_space(text), "fake", open_storage(url, must_exist=False))
+def create(url: str, text: str = SPACE) -> optuna.Study:
+    return new_study(parse_space(text), "fake", open_storage(url, mode="create")).study
+
+
+def opened(url: str) -> StudyHandle:
+    return open_study("fake", open_storage(url, mode="write"))
 
 
 def complete_by_cell(st: optuna.Study) -> dict[str, list[int]]:
@@ -59,11 +66,11 @@ def complete_by_cell(st: optuna.Study) -> dict[str, list[int]]:
 
 
 def test_grid_runs_every_cell_once_and_stores_the_run(url: str) -> None:
-    st = new_study(url)
+    st = create(url)
     assert len(st.get_trials(states=(TrialState.WAITING,))) == 6
-    summary = run_worker("fake", url, runner=fake_runner)
+    summary = run_worker(opened(url), runner=fake_runner)
     assert (summary.ran, summary.completed, summary.missing) == (6, 6, 0)
-    st, space = load_study("fake", open_storage(url))
+    st, space = (h := opened(url)).study, h.space
     cells = complete_by_cell(st)
     assert sorted(cells) == sorted(cell_key(p) for p in space.cells()) and all(len(v) == 1 for v in cells.values())
     trial = st.trials[0]
@@ -75,37 +82,37 @@ def test_grid_runs_every_cell_once_and_stores_the_run(url: str) -> None:
         assert name in trial.user_attrs
     assert trial.intermediate_values == {2: trial.value + 1, 5: trial.value}
     assert st.user_attrs["kind"] == "ablation" and st.user_attrs["space"]["variants"] == ["baseline", "full", "block-s2"]
-    assert run_worker("fake", url, runner=fake_runner).ran == 0  # nothing left
+    assert run_worker(opened(url), runner=fake_runner).ran == 0  # nothing left
 
 
 def test_duplicate_trials_are_skipped(url: str) -> None:
-    st = new_study(url)
-    run_worker("fake", url, runner=fake_runner, n_trials=2)
+    st = create(url)
+    run_worker(opened(url), runner=fake_runner, n_trials=2)
     first = st.trials[0]
     st.enqueue_trial(first.params, user_attrs={ATTR_CELL: first.user_attrs[ATTR_CELL]})  # e.g. two `start`s
-    summary = run_worker("fake", url, runner=fake_runner)
+    summary = run_worker(opened(url), runner=fake_runner)
     assert summary.skipped == 1 and summary.completed == 4
     assert all(len(v) == 1 for v in complete_by_cell(st).values()) and len(complete_by_cell(st)) == 6
     skipped = [t for t in st.trials if "skipped" in t.user_attrs]
     assert len(skipped) == 1 and skipped[0].state == TrialState.PRUNED
-    assert enqueue_missing(st, load_study("fake", open_storage(url))[1]) == 0
+    assert opened(url).enqueue_missing() == 0
 
 
 def test_failed_cells_are_rerun_by_resume_only(url: str) -> None:
-    st = new_study(url)
+    st = create(url)
 
     def flaky(cfg: RunConfig, **kwargs: Any) -> RunResult:
         if cfg.model.residual.kind == "full" and cfg.seed == 1:
             raise ValueError("loss became nan at step 3")
         return fake_runner(cfg, **kwargs)
 
-    summary = run_worker("fake", url, runner=flaky)
+    summary = run_worker(opened(url), runner=flaky)
     assert (summary.completed, summary.failed, summary.missing) == (5, 1, 1)
     failed = st.get_trials(states=(TrialState.FAIL,))[0]
     assert "nan at step 3" in failed.user_attrs["error"]
     before = {t.number: t.value for t in st.get_trials(states=(TrialState.COMPLETE,))}
-    assert run_worker("fake", url, runner=fake_runner).ran == 0  # a plain worker leaves failures alone
-    summary = run_worker("fake", url, runner=fake_runner, requeue_failed=True)
+    assert run_worker(opened(url), runner=fake_runner).ran == 0  # a plain worker leaves failures alone
+    summary = run_worker(opened(url), runner=fake_runner, requeue_failed=True)
     assert (summary.ran, summary.completed, summary.missing) == (1, 1, 0)
     after = {t.number: t.value for t in st.get_trials(states=(TrialState.COMPLETE,))}
     assert {n: after[n] for n in before} == before and len(after) == 6
@@ -117,14 +124,14 @@ def test_dead_workers_trial_is_failed_after_grace_and_retried(beat: bool, url: s
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNRES_HEARTBEAT_INTERVAL", "1")
     monkeypatch.setenv("ATTNRES_HEARTBEAT_GRACE", "1")
-    st = new_study(url)
-    storage = open_storage(url)
+    st = create(url)
+    storage = open_storage(url, mode="write")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "heartbeat is meant for optimize": the point here
         dead = optuna.load_study(study_name="fake", storage=storage).ask()  # claimed, then its process "dies"
     if beat:
         storage.record_heartbeat(dead._trial_id)
-    summary = run_worker("fake", url, runner=fake_runner, poll_s=0.2)
+    summary = run_worker(opened(url), runner=fake_runner, poll_s=0.2)
     assert summary.missing == 0 and summary.completed == 6
     trials = st.get_trials()
     assert trials[dead.number].state == TrialState.FAIL
@@ -136,10 +143,10 @@ def test_dead_workers_trial_is_failed_after_grace_and_retried(beat: bool, url: s
 
 def test_sampled_space_uses_tpe_for_n_trials(url: str) -> None:
     text = SPACE.replace("seeds: 2", "seeds: [3]") + "axes: {lr: {low: 1e-4, high: 1e-2, log: true}}\nn_trials: 4\n"
-    st = new_study(url, text)
-    assert isinstance(load_study("fake", open_storage(url))[0].sampler, optuna.samplers.TPESampler)
+    st = create(url, text)
+    assert isinstance(opened(url).study.sampler, optuna.samplers.TPESampler)
     assert not st.get_trials(states=(TrialState.WAITING,))
-    summary = run_worker("fake", url, runner=fake_runner)
+    summary = run_worker(opened(url), runner=fake_runner)
     assert summary.completed == 4
     for t in st.trials:
         assert 1e-4 <= t.params["lr"] <= 1e-2 and t.params["seed"] == 3
@@ -195,7 +202,7 @@ def test_commands_that_read_never_create_a_database(tmp_path: Path, monkeypatch,
 
 def test_existing_name_and_unknown_study_exit_2_without_changes(url: str, monkeypatch, capsys) -> None:
     monkeypatch.setenv("ATTNRES_STORAGE", url)
-    new_study(url)
+    create(url)
     code, _, err = cli(["study", "start", "smoke_ablation", "--name", "fake"], monkeypatch, capsys)
     assert code == 2 and "already exists" in err and "study resume fake" in err
     assert len(optuna.load_study(study_name="fake", storage=url).trials) == 6

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from attnres_search.study.core import ATTR_CELL
+from attnres_search.study.attrs import ATTR_CELL
 from tests.cli_runner import cli
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from attnres_search.study.core import ATTR_CELL, ATTR_ERROR, ATTR_SKIPPED, run_worker
+from attnres_search.study.attrs import ATTR_CELL, ATTR_ERROR, ATTR_SKIPPED
+from attnres_search.study.handle import open_study
+from attnres_search.study.storage import open_storage
+from attnres_search.study.worker import run_worker
 from tests.cli_runner import cli as run_cli
 from tests.pg_server import postgres_url  # noqa: F401 - the fixture
 
@@ -193,7 +196,7 @@ def test_nan_and_oom_trials_fail_with_their_reason_and_the_study_goes_on(tmp_pat
     torch.cuda.empty_cache = lambda: freed.append(True)  # type: ignore[assignment]
     try:
         os.environ["ATTNRES_RUNS_DIR"] = str(tmp_path / "runs")
-        summary = run_worker("faults", url, runner=runner)
+        summary = run_worker(open_study("faults", open_storage(url, mode="write")), runner=runner)
     finally:
         torch.cuda.empty_cache = real_empty  # type: ignore[assignment]
         os.environ.pop("ATTNRES_RUNS_DIR", None)

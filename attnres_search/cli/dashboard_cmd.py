@@ -18,6 +18,6 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
     from attnres_search.study.storage import display_url, open_storage, resolve_url
 
     url = resolve_url(storage)
-    opened = open_storage(url)  # refuses a missing SQLite file instead of creating an empty one
+    opened = open_storage(url, mode="read")  # refuses a missing file or a database that holds no studies
     click.echo(f"optuna-dashboard for {display_url(url)} at http://{host}:{port}/ (Ctrl-C stops it)", err=True)
     run_server(opened, host=host, port=port)

@@ -1,6 +1,7 @@
 """``attnres-search demo``: the whole pipeline in a few CPU minutes. It runs the smoke
 ablation (baseline, Full and Block AttnRes, mHC on a tiny model, two seeds each) as an
-Optuna study in ./studies.db, resuming it if it is already there, and prints its report."""
+Optuna study in ./studies.db, resuming it if it is already there, and prints its report.
+The study is opened once and the same handle feeds the worker and the report."""
 
 from __future__ import annotations
 
@@ -18,25 +19,21 @@ DEMO_SPACE = "smoke_ablation"
 @quiet_option
 def demo(storage: str, quiet: bool) -> None:
     """Run the smoke ablation study (a few minutes on a CPU) and print its report."""
-    import optuna
-
     from attnres_search.cli.report_cmd import emit_report
-    from attnres_search.study.space import load_space
-    from attnres_search.study.storage import open_storage
-    from attnres_search.study.core import create_study
+    from attnres_search.study.handle import open_or_create_study
+    from attnres_search.study.space_file import load_space
 
     quiet_optuna()
     space = load_space(DEMO_SPACE)
-    opened = open_storage(storage, must_exist=False)
-    if DEMO_STUDY in optuna.get_all_study_names(opened):
-        if not quiet:
-            click.echo(f"resuming study {DEMO_STUDY} in {storage}", err=True)
-    else:
-        create_study(space, DEMO_STUDY, opened)
-        if not quiet:
-            click.echo(f"study {DEMO_STUDY} created in {storage}: {len(space.cells())} runs of {DEMO_SPACE}", err=True)
-    run_and_summarize(DEMO_STUDY, storage, n_trials=None, quiet=quiet, requeue_failed=True)
-    emit_report(DEMO_STUDY, storage)
+    handle, created = open_or_create_study(space, DEMO_STUDY, storage)
+    if not quiet:
+        if created:
+            click.echo(f"study {DEMO_STUDY} created in {handle.shown_url}: {len(space.cells())} runs of {DEMO_SPACE}",
+                       err=True)
+        else:
+            click.echo(f"resuming study {DEMO_STUDY} in {handle.shown_url}", err=True)
+    run_and_summarize(handle, n_trials=None, quiet=quiet, requeue_failed=True)
+    emit_report(handle)
     if not quiet:
         click.echo(f"\nnext: `attnres-search dashboard --storage {storage}` to browse it, "
                    f"`attnres-search report {DEMO_STUDY} --plots figures` for PNGs", err=True)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from attnres_search.cli.study_cmd import stdout_console, storage_option
-from attnres_search.reports.stats import TESTS
+from attnres_search.cli.study_cmd import open_handle, storage_option
+from attnres_search.cli.terminal import stdout_console
+from attnres_search.reports.stats import ADJUSTMENTS, TESTS
 from attnres_search.reports.tables import FORMATS
 from attnres_search.study.space import KINDS
+
+if TYPE_CHECKING:
+    from attnres_search.study.handle import StudyHandle
 
 
 @click.command()
@@ -21,31 +27,32 @@ from attnres_search.study.space import KINDS
               help="Paired test across seeds: t-test or Wilcoxon signed-rank.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
               help="Significance level of the verdicts.")
+@click.option("--adjust", type=click.Choice(ADJUSTMENTS), default="holm", show_default=True,
+              help="Adjust the p-values for the number of variants compared (Holm), or not; verdicts use it.")
 @storage_option
 def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: str | None, test: str, alpha: float,
-           storage: str | None) -> None:
+           adjust: str, storage: str | None) -> None:
     """Report on study NAME: every variant against the baseline over seeds, with the paper's figures."""
     if kind_arg and kind and kind_arg != kind:
         raise click.BadParameter(f"KIND {kind_arg} and --kind {kind} disagree", param_hint="--kind")
-    emit_report(name, storage, kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha)
+    emit_report(open_handle(name, storage, "read"), kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha,
+                adjust=adjust)
 
 
-def emit_report(name: str, storage: str | None, *, kind: str | None = None, fmt: str = "table",
-                plots: str | None = None, test: str = "t", alpha: float = 0.05) -> None:
-    """Build, print (stdout) and optionally plot the report of a study."""
+def emit_report(handle: "StudyHandle", *, kind: str | None = None, fmt: str = "table",
+                plots: str | None = None, test: str = "t", alpha: float = 0.05, adjust: str = "holm") -> None:
+    """Build, print (stdout) and optionally plot the report of an open study."""
     from attnres_search.reports.build import build_report
     from attnres_search.reports.records import load_records
     from attnres_search.reports.tables import render, rich_renderables
-    from attnres_search.study.storage import open_storage, resolve_url
-    from attnres_search.study.core import load_study, study_status
 
-    found, space = load_study(name, open_storage(resolve_url(storage)))
-    records = load_records(found, space)
-    st = study_status(found, space)
+    records = load_records(handle.study, handle.space)
+    st = handle.status()
     note = None
     if st.remaining:
         note = f"study incomplete: {st.done} of {st.total} runs done ({st.running} running, {st.failed} failed)"
-    built = build_report(records, name, kind or space.kind, test=test, alpha=alpha, progress_note=note)
+    built = build_report(records, handle.name, kind or handle.space.kind, test=test, alpha=alpha, adjust=adjust,
+                         progress_note=note)
     if fmt == "table":
         console = stdout_console()
         for item in rich_renderables(built):

@@ -15,8 +15,8 @@ def list_spaces() -> None:
     """Built-in spaces (`study start NAME`); any .yaml file path works as well."""
     from rich.table import Table
 
-    from attnres_search.cli.study_cmd import stdout_console
-    from attnres_search.study.space import builtin_names, load_space
+    from attnres_search.cli.terminal import stdout_console
+    from attnres_search.study.space_file import builtin_names, load_space
 
     table = Table(title="Built-in search spaces", title_justify="left")
     for col in ("name", "kind", "sampler", "runs", "description"):
@@ -31,15 +31,21 @@ def list_spaces() -> None:
 @spaces.command()
 @click.argument("space")
 def show(space: str) -> None:
-    """The YAML of SPACE (name or path) and every run it makes: shape, tokens and FLOPs."""
+    """The YAML of SPACE (name or path) and every run it makes: shape, tokens and FLOPs.
+
+    Every run goes through the same checks as `study start` (and `train`), so a space that
+    shows here without an error starts without one."""
     from rich.syntax import Syntax
     from rich.table import Table
 
-    from attnres_search.cli.study_cmd import stdout_console
+    from attnres_search.cli.terminal import stdout_console
     from attnres_search.model.flops import flops_per_token
-    from attnres_search.study.space import load_space, space_text
+    from attnres_search.study.space_checks import check_space_runs
+    from attnres_search.study.space_file import load_space, space_text
+    from attnres_search.study.storage import resolve_url, runs_dir
 
     loaded = load_space(space)
+    check_space_runs(loaded, runs_dir(resolve_url(None)) / loaded.name)  # where `study start` would write
     text, _, where = space_text(space)
     console = stdout_console()
     console.print(f"[bold]{loaded.name}[/] ({where}): {loaded.kind}, {loaded.sampler} sampler")

@@ -1,15 +1,23 @@
-"""``attnres-search study``: start, resume, list and inspect Optuna studies.
+"""``attnres-search study``: start, resume, list, inspect and delete Optuna studies.
 
-Input is checked before the storage is touched: a bad space file or an unopenable
-storage URL exits with code 2 and leaves no database or study behind.
+Every command opens its study once (a :class:`~attnres_search.study.handle.StudyHandle`)
+and hands it to the worker, the progress display and the tables. Input is checked before
+the storage is touched: a bad space, study name or storage URL exits with code 2 and
+leaves no database or study behind, and commands that only read never write.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
+
+from attnres_search.cli.terminal import stdout_console
+
+if TYPE_CHECKING:
+    from attnres_search.study.handle import StudyHandle
+    from attnres_search.study.storage import Mode
 
 STORAGE_HELP = "SQLAlchemy URL of the study storage [default: $ATTNRES_STORAGE, else sqlite:///studies.db]"
 
@@ -22,20 +30,20 @@ def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--quiet", "-q", is_flag=True, help="No progress display or summary; errors only.")(func)
 
 
-def stdout_console() -> Any:
-    """A rich console on stdout; wide when piped, where rich would assume 80 columns."""
-    import sys
-
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
 def quiet_optuna() -> None:
     """Optuna logs every trial at INFO; our progress display says it better."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_handle(name: str, storage: str | None, mode: "Mode") -> "StudyHandle":
+    """Open study ``name`` once: a missing storage or study is one ``error:`` line (exit 2)
+    before anything is drawn or written."""
+    from attnres_search.study.handle import open_study
+    from attnres_search.study.storage import open_storage, resolve_url
+
+    return open_study(name, open_storage(resolve_url(storage), mode=mode))
 
 
 @click.group()
@@ -45,30 +53,28 @@ def study() -> None:
 
 @study.command()
 @click.argument("space")
-@click.option("--name", default=None, help="Study name [default: the space's name].")
+@click.option("--name", default=None, help="Study name: letters, digits, '.', '_', '-' [default: the space's name].")
 @storage_option
 @click.option("--n-trials", type=click.IntRange(min=0), default=None,
               help="Run at most this many trials here (0: only create the study, for workers to run).")
 @quiet_option
 def start(space: str, name: str | None, storage: str | None, n_trials: int | None, quiet: bool) -> None:
     """Create a study from SPACE (a built-in name, see `spaces list`, or a .yaml file) and run it."""
-    from attnres_search.study.space import load_space
-    from attnres_search.study.storage import display_url, open_storage, resolve_url
-    from attnres_search.study.core import create_study
+    from attnres_search.study.handle import create_study
+    from attnres_search.study.space_file import load_space
+    from attnres_search.study.storage import resolve_url
 
     quiet_optuna()
-    loaded = load_space(space)  # bad input fails here, before any storage exists
-    url = resolve_url(storage)
-    study_name = name or loaded.name
-    create_study(loaded, study_name, open_storage(url, must_exist=False))
+    loaded = load_space(space)  # bad input fails here or in create_study, before the study exists
+    handle = create_study(loaded, loaded.name if name is None else name, resolve_url(storage))
     if not quiet:
         runs = f"{len(loaded.cells())} runs" if loaded.is_grid else f"{loaded.n_trials} trials"
-        click.echo(f"study {study_name} created in {display_url(url)}: {runs} ({loaded.kind}, {loaded.sampler} "
+        click.echo(f"study {handle.name} created in {handle.shown_url}: {runs} ({loaded.kind}, {loaded.sampler} "
                    "sampler)", err=True)
     if n_trials == 0:
-        click.echo(f"queued; run it with `attnres-search study resume {study_name}` on any machine", err=True)
+        click.echo(f"queued; run it with `attnres-search study resume {handle.name}` on any machine", err=True)
         return
-    run_and_summarize(study_name, url, n_trials=n_trials, quiet=quiet, requeue_failed=False)
+    run_and_summarize(handle, n_trials=n_trials, quiet=quiet)
 
 
 @study.command()
@@ -82,32 +88,29 @@ def resume(name: str, storage: str | None, n_trials: int | None, quiet: bool) ->
     Trials left RUNNING by a killed process are failed once their heartbeat is older than
     the grace period ($ATTNRES_HEARTBEAT_GRACE, default 3 minutes) and then re-run here.
     """
-    from attnres_search.study.storage import resolve_url
-
     quiet_optuna()
-    run_and_summarize(name, resolve_url(storage), n_trials=n_trials, quiet=quiet, requeue_failed=True)
+    run_and_summarize(open_handle(name, storage, "write"), n_trials=n_trials, quiet=quiet, requeue_failed=True)
 
 
-def run_and_summarize(name: str, url: str, *, n_trials: int | None, quiet: bool, requeue_failed: bool,
+def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, requeue_failed: bool = False,
                       devices_per_trial: int = 1) -> None:
-    """Run a worker with the rich display; exit 1 when trials failed."""
-    from attnres_search.study.core import run_worker
+    """Run a worker on ``handle`` with the rich display (or, quiet, failure lines only);
+    exit 1 when trials failed."""
+    from attnres_search.cli.study_progress import FailureLines, RichStudyProgress
+    from attnres_search.study.worker import run_worker
 
     kwargs = dict(n_trials=n_trials, requeue_failed=requeue_failed, devices_per_trial=devices_per_trial)
     if quiet:
-        summary = run_worker(name, url, **kwargs)
+        summary = run_worker(handle, progress=FailureLines(), **kwargs)
     else:
-        from attnres_search.cli.study_progress import RichStudyProgress
-
-        with RichStudyProgress(name) as progress:
-            summary = run_worker(name, url, progress=progress, **kwargs)
-    if not quiet:
-        click.echo(f"study {name}: ran {summary.ran} trial(s) here ({summary.completed} complete, {summary.failed} "
-                   f"failed, {summary.pruned} pruned, {summary.skipped} duplicate(s) skipped); "
+        with RichStudyProgress(handle) as progress:
+            summary = run_worker(handle, progress=progress, **kwargs)
+        click.echo(f"study {handle.name}: ran {summary.ran} trial(s) here ({summary.completed} complete, "
+                   f"{summary.failed} failed, {summary.pruned} pruned, {summary.skipped} duplicate(s) skipped); "
                    f"{summary.missing} run(s) still missing", err=True)
     if summary.failed:
-        raise click.ClickException(f"{summary.failed} trial(s) failed (their errors are in the trials' 'error' "
-                                   f"attribute); `attnres-search study resume {name}` runs them again")
+        raise click.ClickException(f"{summary.failed} trial(s) failed (reasons above, tracebacks in "
+                                   f"{handle.logs_dir}); `attnres-search study resume {handle.name}` runs them again")
 
 
 @study.command(name="list")
@@ -117,23 +120,24 @@ def list_studies(storage: str | None) -> None:
     import optuna
     from rich.table import Table
 
+    from attnres_search.study.attrs import ATTR_KIND, ATTR_SPACE_NAME
+    from attnres_search.study.handle import open_study
     from attnres_search.study.storage import display_url, open_storage, resolve_url, sqlite_path
-    from attnres_search.study.core import ATTR_KIND, ATTR_SPACE_NAME, load_study, study_status
 
     url = resolve_url(storage)
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         click.echo(f"no studies: there is no database at {path}")
         return
-    st = open_storage(url)
+    opened = open_storage(url, mode="read")
     table = Table(title=f"Studies in {display_url(url)}", title_justify="left")
     for col in ("study", "space", "kind", "done", "running", "failed", "best loss", "started"):
         table.add_column(col)
-    for summary in optuna.get_all_study_summaries(st, include_best_trial=True):
+    for summary in optuna.get_all_study_summaries(opened, include_best_trial=True):
         attrs = summary.user_attrs
         done = running = failed = "—"
         if ATTR_SPACE_NAME in attrs:
-            status = study_status(*load_study(summary.study_name, st))
+            status = open_study(summary.study_name, opened).status()
             done = f"{status.done}/{status.total}" if status.total else str(status.done)
             running, failed = str(status.running), str(status.failed)
         best = f"{summary.best_trial.value:.4f}" if summary.best_trial and summary.best_trial.value is not None else "—"
@@ -147,14 +151,16 @@ def list_studies(storage: str | None) -> None:
 @click.argument("name")
 @storage_option
 def status(name: str, storage: str | None) -> None:
-    """Cells done / running / failed in study NAME, per variant, and an ETA."""
+    """Cells done / running / failed in study NAME, per variant, running trials' heartbeats, and an ETA."""
     from rich.table import Table
 
-    from attnres_search.study.storage import open_storage, resolve_url
-    from attnres_search.study.core import load_study, study_status
+    from attnres_search.study.cells import cell_label
+    from attnres_search.study.heartbeats import running_trials
+    from attnres_search.study.status import STATES, failed_trials, per_variant, trial_params
 
-    found, space = load_study(name, open_storage(resolve_url(storage)))
-    st = study_status(found, space)
+    handle = open_handle(name, storage, "read")
+    space = handle.space
+    st = handle.status()
     eta = st.eta_s()
     eta_text = str(datetime.timedelta(seconds=round(eta))) if eta is not None else "unknown until a trial finishes"
     console = stdout_console()
@@ -169,42 +175,44 @@ def status(name: str, storage: str | None) -> None:
     table = Table(title="Per variant", title_justify="left")
     for col in ("variant", "complete", "running", "waiting", "failed", "pruned"):
         table.add_column(col, justify="right" if col != "variant" else "left")
-    for variant, counts in _per_variant(found, space).items():
-        table.add_row(variant, *(str(counts[k]) for k in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")))
+    for variant, counts in per_variant(handle).items():
+        table.add_row(variant, *(str(counts[k]) for k in STATES))
     console.print(table)
-    failures = _failures(found)
+    running = running_trials(handle)
+    if running:
+        beats = Table(title=f"Running trials (stale: no heartbeat for over {handle.grace_s:.0f} s)",
+                      title_justify="left")
+        for col in ("trial", "run", "last heartbeat", "state"):
+            beats.add_column(col, justify="right" if col == "trial" else "left")
+        trials = {t.number: t for t in handle.trials()}
+        for r in running:
+            age = f"{r.beat_age_s:.0f} s ago" if r.beat_age_s is not None else "never"
+            state = "[red]stale: worker presumably dead; the next worker re-queues it[/]" if r.stale else "alive"
+            beats.add_row(str(r.number), cell_label(trial_params(trials[r.number])), age, state)
+        console.print(beats)
+    failures = failed_trials(handle)
     if failures:
         failed = Table(title="Failed trials (why)", title_justify="left")
-        for col in ("trial", "run", "reason"):
+        for col in ("trial", "run", "reason", "log"):
             failed.add_column(col, justify="right" if col == "trial" else "left", overflow="fold")
-        for row in failures:
-            failed.add_row(*row)
+        for f in failures:
+            failed.add_row(str(f.number), f.run, f.reason, f.log or "—")
         console.print(failed)
 
 
-def _failures(found: Any) -> list[tuple[str, str, str]]:
-    """Failed trials with the reason the objective stored (a diverged loss, out of memory...);
-    a trial killed with its worker has none and says so."""
-    from optuna.trial import TrialState
+@study.command()
+@click.argument("name")
+@storage_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, storage: str | None, yes: bool) -> None:
+    """Remove study NAME and all its trials from the storage (run folders on disk are kept)."""
+    from attnres_search.study.handle import delete_study
 
-    from attnres_search.study.core import ATTR_ERROR
-
-    rows = []
-    for trial in found.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        run = " ".join(f"{k}={v}" for k, v in trial.params.items())
-        reason = trial.user_attrs.get(ATTR_ERROR, "worker died or was interrupted (no heartbeat)")
-        rows.append((str(trial.number), run, reason))
-    return rows
-
-
-def _per_variant(found: Any, space: Any) -> dict[str, dict[str, int]]:
-    from collections import Counter
-
-    from attnres_search.study.core import ATTR_SKIPPED
-
-    counts: dict[str, Counter] = {v.name: Counter() for v in space.variants}
-    for trial in found.get_trials(deepcopy=False):
-        variant = trial.params.get("variant") or trial.system_attrs.get("fixed_params", {}).get("variant")
-        if variant in counts and ATTR_SKIPPED not in trial.user_attrs:
-            counts[variant][trial.state.name] += 1
-    return {k: {s: v[s] for s in ("COMPLETE", "RUNNING", "WAITING", "FAIL", "PRUNED")} for k, v in counts.items()}
+    handle = open_handle(name, storage, "write")
+    n_trials = len(handle.trials())
+    question = f"delete study {name} and its {n_trials} trial(s) from {handle.shown_url}?"
+    if not yes and not click.confirm(question, default=False, err=True):
+        raise click.ClickException(f"study {name} not deleted")
+    delete_study(handle)
+    click.echo(f"deleted study {name} ({n_trials} trial(s)); its run folders in {handle.runs_dir} were kept",
+               err=True)

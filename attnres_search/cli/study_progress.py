@@ -1,24 +1,62 @@
-"""The rich display of a running study: one bar for the study (trial i of n, last loss)
-and one for the trial in flight (its steps and latest validation loss). It draws on
-stderr so that stdout keeps only what a script may want to read (reports)."""
+"""How a running study shows itself: the rich display (one bar for the study, trial i of
+n and the last loss; one for the trial in flight, its steps and latest validation loss),
+or, quiet, nothing but one line per failed trial. Both draw on stderr so that stdout
+keeps only what a script may want to read (reports)."""
 
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from attnres_search.cli.terminal import stderr_console
+
+if TYPE_CHECKING:
+    from attnres_search.study.handle import StudyHandle
+    from attnres_search.study.status import FailedTrial
+
+
+def failure_line(failure: "FailedTrial") -> str:
+    """One line per failed trial: which run, why, and where its traceback is."""
+    reason = failure.reason.strip().splitlines()[0] if failure.reason.strip() else "no reason recorded"
+    log = f" (log {failure.log})" if failure.log else ""
+    return f"trial {failure.number} failed: {failure.run}: {reason}{log}"
+
+
+class FailureLines:
+    """The quiet display: implements :class:`attnres_search.study.objective.StudyProgress`
+    by printing only failed trials, one line each."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or stderr_console()
+
+    def trial_started(self, number: int, position: int, total: int | None, cell: str) -> None:
+        pass
+
+    def step(self, step: int, total: int, val_loss: float | None) -> None:
+        pass
+
+    def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        pass
+
+    def trial_failed(self, failure: "FailedTrial") -> None:
+        self.console.print(failure_line(failure), markup=False, highlight=False, soft_wrap=True)
+
+    def waiting(self, running: int) -> None:
+        pass
+
 
 class RichStudyProgress:
-    """Implements :class:`attnres_search.study.core.StudyProgress`; use as a context manager."""
+    """Implements :class:`attnres_search.study.objective.StudyProgress`; use as a context manager."""
 
-    def __init__(self, study_name: str, console: Console | None = None) -> None:
+    def __init__(self, handle: "StudyHandle", console: Console | None = None) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"), console=console or Console(stderr=True), transient=False,
+            TextColumn("{task.fields[info]}"), console=console or stderr_console(), transient=False,
         )
-        self.study_name = study_name
+        self.study_name = handle.name
         self.study_task: TaskID | None = None
         self.trial_task: TaskID | None = None
         self.last_loss: float | None = None
@@ -51,6 +89,9 @@ class RichStudyProgress:
             self.last_loss = value
         last = f"last loss {self.last_loss:.4f}" if self.last_loss is not None else ""
         self.progress.update(self.study_task, advance=1, info=f"#{number} {state}  {last}".rstrip())
+
+    def trial_failed(self, failure: "FailedTrial") -> None:
+        self.progress.console.print(failure_line(failure), markup=False, highlight=False, soft_wrap=True)
 
     def waiting(self, running: int) -> None:
         assert self.trial_task is not None

@@ -1,6 +1,6 @@
 """``attnres-search worker`` and ``launch``: spread one study over GPUs, cores and machines.
 
-Workers coordinate only through the storage (see :mod:`attnres_search.study.core`), so the same
+Workers coordinate only through the storage (see :mod:`attnres_search.study.worker`), so the same
 two commands scale from one laptop to several machines sharing a PostgreSQL URL.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from attnres_search.cli.errors import BadInput
-from attnres_search.cli.study_cmd import quiet_optuna, quiet_option, run_and_summarize, storage_option
+from attnres_search.cli.study_cmd import open_handle, quiet_optuna, quiet_option, run_and_summarize, storage_option
 
 DEVICES_HELP = "GPUs (or CPU processes) per trial; above 1 each trial runs Lightning DDP with rank 0 reporting."
 
@@ -29,10 +29,8 @@ def worker(name: str, storage: str | None, n_trials: int | None, devices_per_tri
     claimed by exactly one worker, and a worker that dies has its trial retried (from its
     last checkpoint) once its heartbeat goes stale.
     """
-    from attnres_search.study.storage import resolve_url
-
     quiet_optuna()
-    run_and_summarize(name, resolve_url(storage), n_trials=n_trials, quiet=quiet, requeue_failed=False,
+    run_and_summarize(open_handle(name, storage, "write"), n_trials=n_trials, quiet=quiet,
                       devices_per_trial=devices_per_trial)
 
 
@@ -66,24 +64,20 @@ def launch(name: str, storage: str | None, gpus: str | None, n_workers: int | No
     """
     import sys
 
-    from attnres_search.study.launch import start_workers, supervise
-    from attnres_search.study.storage import open_storage, resolve_url, runs_dir
-    from attnres_search.study.core import load_study
-    from attnres_search.cli.study_cmd import stdout_console
+    from attnres_search.cli.terminal import stdout_console
+    from attnres_search.study.launch import check_gpus, start_workers, supervise
 
     gpu_list = _parse_gpus(gpus)
     if gpu_list is not None and n_workers is not None:
         raise BadInput("give --gpus or --workers, not both")
-    url = resolve_url(storage)
-    # A missing study is bad input, found before any process starts; the same handle then feeds the progress.
-    found, space = load_study(name, open_storage(url, must_exist=True))
     groups: list[str] | None = None
     if gpu_list is not None:
+        check_gpus(gpu_list)
         if len(gpu_list) % devices_per_trial:
             raise BadInput(f"--devices-per-trial {devices_per_trial} does not divide the {len(gpu_list)} GPUs of --gpus")
         groups = [",".join(gpu_list[i : i + devices_per_trial]) for i in range(0, len(gpu_list), devices_per_trial)]
+    # A missing study is bad input, found before any process starts; the same handle then feeds the progress.
+    handle = open_handle(name, storage, "write")
     extra = ["--devices-per-trial", str(devices_per_trial)] if devices_per_trial > 1 else []
-    workers = start_workers(name, url, gpus=groups, n_cpu=n_workers or 1,
-                            log_dir=log_dir or runs_dir(url) / name / "logs", extra=extra)
-    rc = supervise(workers, found, space, console=stdout_console(), quiet=quiet)
-    sys.exit(rc)
+    workers = start_workers(handle, gpus=groups, n_cpu=n_workers or 1, log_dir=log_dir, extra=extra)
+    sys.exit(supervise(workers, handle, console=stdout_console(), quiet=quiet))

@@ -44,10 +44,11 @@ def describe_table(cfg: ModelConfig, name: str) -> Group:
     layers.add_column("block", justify="right")
     layers.add_column("sources")
     n = cfg.n_sublayers
-    points = list(range(n + 1))
-    if len(points) > MAX_LAYER_ROWS:
+    if n + 1 > MAX_LAYER_ROWS:
         half = MAX_LAYER_ROWS // 2
-        points = points[:half] + [-1] + points[-half:]
+        points = [*range(half), -1, *range(n + 1 - half, n + 1)]
+    else:
+        points = list(range(n + 1))
     plan = spec.source_plan(r, n) if n + 1 <= 4 * MAX_LAYER_ROWS else None
     for i in points:
         if i < 0:

@@ -52,10 +52,10 @@ class DenseFormerSpec(RuleSpec):
         return DenseFormerRule(n_sublayers, d_model)
 
     def flops_per_token(self, cfg: DenseFormerConfig, n_sublayers: int, d_model: int) -> float:
-        return float(sum(2 * (i + 2) * d_model for i in range(n_sublayers)))
+        return float(2 * d_model * self.num_params(cfg, n_sublayers, d_model))  # one MAC per weight and channel
 
     def num_params(self, cfg: DenseFormerConfig, n_sublayers: int, d_model: int) -> int:
-        return sum(i + 2 for i in range(n_sublayers))
+        return n_sublayers * (n_sublayers + 3) // 2  # sublayer i mixes i + 2 outputs
 
     def source_plan(self, cfg: DenseFormerConfig, n_sublayers: int) -> SourcePlan:
         sources = tuple(("y0",) + tuple(f"y{j}" for j in range(1, i + 1)) for i in range(n_sublayers + 1))

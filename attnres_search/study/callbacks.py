@@ -1,7 +1,7 @@
 """Lightning callbacks a study adds to each training run: Optuna pruning against the
 global step, and progress reports for the worker's display.
 
-They live apart from :mod:`attnres_search.study.core` so that importing the study machinery
+They live apart from :mod:`attnres_search.study.objective` so that importing the study machinery
 (for ``study status`` or a report) does not import Lightning and torch.
 """
 

@@ -17,17 +17,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-if TYPE_CHECKING:
-    import optuna
+from attnres_search.errors import BadInput
 
-    from attnres_search.study.space import Space
+if TYPE_CHECKING:
+    from attnres_search.study.handle import StudyHandle
 
 STOP_GRACE_S = 30.0
 
@@ -54,15 +54,34 @@ class WorkerProcess:
         return f"exit {rc}"
 
 
+def check_gpus(gpus: list[str]) -> None:
+    """``--gpus`` names GPUs this machine has: without CUDA, the workers would silently run
+    on the CPU under a "gpu N" label. Indices are checked against the devices CUDA sees
+    when ``$CUDA_VISIBLE_DEVICES`` does not already narrow them."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BadInput(f"--gpus {','.join(gpus)}: CUDA is not available on this machine "
+                       "(use --workers N for CPU workers)")
+    if not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        count = torch.cuda.device_count()
+        absent = [g for g in gpus if int(g) >= count]
+        if absent:
+            raise BadInput(f"--gpus: no GPU {absent[0]} on this machine (it has {count}: 0..{count - 1})")
+
+
 def worker_command(study: str, storage_url: str, extra: list[str]) -> list[str]:
     """The command a launched worker runs: this interpreter, so a venv is inherited."""
     return [sys.executable, "-m", "attnres_search", "worker", study, "--storage", storage_url, "--quiet", *extra]
 
 
-def start_workers(study: str, storage_url: str, *, gpus: list[str] | None, n_cpu: int,
-                  log_dir: Path, extra: list[str] = ()) -> list[WorkerProcess]:
+def start_workers(handle: "StudyHandle", *, gpus: list[str] | None, n_cpu: int, log_dir: Path | None = None,
+                  extra: Sequence[str] = ()) -> list[WorkerProcess]:
     """Start the workers, each in its own process group so Ctrl-C reaches them only through
-    :func:`stop_workers` (and each gets the whole grace period to fail its trial cleanly)."""
+    :func:`stop_workers` (and each gets the whole grace period to fail its trial cleanly).
+    ``gpus`` holds one CUDA_VISIBLE_DEVICES value per worker; logs go to ``log_dir``
+    (default: the study's logs folder)."""
+    log_dir = log_dir or handle.logs_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     devices: list[str | None] = list(gpus) if gpus else [None] * n_cpu
     threads = max(1, (os.cpu_count() or 1) // len(devices))
@@ -74,7 +93,7 @@ def start_workers(study: str, storage_url: str, *, gpus: list[str] | None, n_cpu
         env.setdefault("OMP_NUM_THREADS", str(threads))
         log_path = log_dir / f"worker-{i}.log"
         log = open(log_path, "ab")
-        popen = subprocess.Popen(worker_command(study, storage_url, list(extra)), env=env, stdout=log,
+        popen = subprocess.Popen(worker_command(handle.name, handle.url, list(extra)), env=env, stdout=log,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         workers.append(WorkerProcess(i, device, log_path, popen))
@@ -115,7 +134,7 @@ def _status_table(workers: list[WorkerProcess]) -> Table:
     return table
 
 
-def supervise(workers: list[WorkerProcess], study: "optuna.Study", space: "Space", *,
+def supervise(workers: list[WorkerProcess], handle: "StudyHandle", *,
               console: Console, quiet: bool = False, poll_s: float = 2.0) -> int:
     """Show combined progress until every worker exits; Ctrl-C (or any error here) stops
     them all cleanly. Returns 0 when every worker finished cleanly, 130 when interrupted,
@@ -123,7 +142,7 @@ def supervise(workers: list[WorkerProcess], study: "optuna.Study", space: "Space
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption stops workers like Ctrl-C
     try:
-        _watch(workers, study, space, console=console, quiet=quiet, poll_s=poll_s)
+        _watch(workers, handle, console=console, quiet=quiet, poll_s=poll_s)
     except KeyboardInterrupt:
         interrupted = True
         console.print(f"[yellow]interrupted: stopping {len(workers)} workers (up to {STOP_GRACE_S:.0f}s)[/]")
@@ -144,17 +163,15 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _watch(workers: list[WorkerProcess], study: "optuna.Study", space: "Space", *,
-           console: Console, quiet: bool, poll_s: float) -> None:
+def _watch(workers: list[WorkerProcess], handle: "StudyHandle", *, console: Console, quiet: bool,
+           poll_s: float) -> None:
     """Poll until every worker has exited, redrawing the progress read from the storage."""
-    from attnres_search.study.core import study_status
-
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
-    task = progress.add_task(study.study_name, total=None, detail="")
+    task = progress.add_task(handle.name, total=None, detail="")
 
     def refresh() -> None:
-        status = study_status(study, space)
+        status = handle.status()
         progress.update(task, completed=status.done, total=status.total,
                         detail=f"running {status.running}, failed {status.failed}")
 
