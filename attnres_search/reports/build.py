@@ -4,29 +4,34 @@ records: our numbers with their statistics, the paper's figures beside them, a v
 from __future__ import annotations
 
 from statistics import fmean
-from typing import Any, Iterable
+from typing import Any
 
 from attnres_search import paper
 from attnres_search.residual import ResidualConfig, RuleSpec, preset_label, spec_for
-from attnres_search.reports import fits
+from attnres_search.reports import bootstrap, fits
+from attnres_search.reports.comparisons import (TEST_NAMES, Options, adjust_and_power, budget_fields, budget_notes,
+                                                compare, delta_fields, loss_fields, mean_attr, power_notes,
+                                                stat_notes)
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord
-from attnres_search.reports.stats import NO_FIGURE, Comparison, paired_test, summarize, verdict
+from attnres_search.reports.stats import ADJUSTMENTS, NO_FIGURE, verdict
 from attnres_search.reports.tables import (Column, Report, Row, Table, count, key, mean_ci, num, pvalue, sci,
                                            signed)
 from attnres_search.study.space import KINDS
 
-_TEST_NAMES = {"t": "paired t-test (scipy.stats.ttest_rel)", "wilcoxon": "Wilcoxon signed-rank (scipy.stats.wilcoxon)"}
-
 
 def build_report(records: StudyRecords, study_name: str, kind: str, *, test: str = "t", alpha: float = 0.05,
-                 progress_note: str | None = None) -> Report:
+                 adjust: str = "holm", progress_note: str | None = None) -> Report:
+    """``adjust``: how the p-values of one report's comparisons with the baseline are
+    corrected for their number (``holm``, or ``none``); the verdicts use the adjusted p."""
     if kind not in KINDS:
         raise ValueError(f"report kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if adjust not in ADJUSTMENTS:
+        raise ValueError(f"p-value adjustment must be one of {', '.join(ADJUSTMENTS)}; got {adjust!r}")
     builder = {"ablation": _ablation, "block-count": _block_count, "depth-width": _depth_width,
                "scaling": _scaling}[kind]
     report = Report(title=f"{kind} report: study {study_name} (space {records.space.name})", kind=kind,
                     study=study_name)
-    builder(report, records, test, alpha)
+    builder(report, records, Options(test, alpha, adjust))
     if progress_note:
         report.notes.insert(0, progress_note)
     report.notes.extend(_failure_notes(records))
@@ -70,35 +75,6 @@ def _residual_of(records: StudyRecords, variant: str, recs: list[TrialRecord]) -
     return records.space.variant(variant).residual.to_dict(), records.space.model.get("n_layers")
 
 
-def _mean_attr(recs: Iterable[TrialRecord], name: str) -> float | None:
-    values = [r.get(name) for r in recs if isinstance(r.get(name), (int, float))]
-    return fmean(values) if values else None
-
-
-def _loss_fields(recs: list[TrialRecord]) -> Row:
-    s = summarize([r.loss for r in recs])
-    return {"n": s.n, "loss_mean": s.mean, "loss_ci_low": s.ci_low, "loss_ci_high": s.ci_high,
-            "loss_ci_half": s.half_width, "loss_std": s.std}
-
-
-def _compare(recs: list[TrialRecord], base: list[TrialRecord], test: str) -> Comparison | None:
-    """Pair runs by seed; only seeds both sides ran count."""
-    by_seed = {r.seed: r.loss for r in base}
-    pairs = [(r.loss, by_seed[r.seed]) for r in recs if r.seed in by_seed]
-    if not pairs:
-        return None
-    return paired_test([p[0] for p in pairs], [p[1] for p in pairs], test)
-
-
-def _delta_fields(comparison: Comparison | None) -> Row:
-    if comparison is None:
-        return {"n_pairs": 0, "delta_mean": None, "delta_ci_low": None, "delta_ci_high": None,
-                "delta_ci_half": None, "p_value": None}
-    d = comparison.delta
-    return {"n_pairs": comparison.n_pairs, "delta_mean": d.mean, "delta_ci_low": d.ci_low, "delta_ci_high": d.ci_high,
-            "delta_ci_half": d.half_width, "p_value": comparison.p_value}
-
-
 def _group_text(group: Group) -> str:
     return " ".join(f"{k}={v}" for k, v in group)
 
@@ -122,22 +98,14 @@ def _failure_notes(records: StudyRecords) -> list[str]:
     return notes
 
 
-def _stat_notes(records: StudyRecords, test: str, alpha: float) -> list[str]:
-    return [
-        f"mean ± half-width of the 95% Student-t interval over seeds; Δ = variant − {records.space.baseline}, "
-        f"paired by seed; p: {_TEST_NAMES[test]}",
-        f"verdict: 'reproduced' when our Δ has the paper's sign with p < {alpha}, 'opposite' when it has the "
-        "other sign with p < alpha, else 'inconclusive'; it judges the direction, not the size, of the effect "
-        "(the paper's figures are for its 436M-parameter, 16-block model on 87.9B tokens)",
-    ]
-
-
 # ----------------------------------------------------------------------------------- ablation
 
-def _variant_rows(records: StudyRecords, test: str, alpha: float) -> list[Row]:
+def _variant_rows(records: StudyRecords, opts: Options) -> list[Row]:
+    test = opts.test
     base_name = records.space.baseline
     base_paper = paper.table4(records.paper_preset(base_name))
     rows = []
+    comparisons = []
     for group in _groups(records):
         base = records.select(base_name, group)
         for variant in records.variants():
@@ -148,24 +116,41 @@ def _variant_rows(records: StudyRecords, test: str, alpha: float) -> list[Row]:
             row: Row = {"variant": variant, **dict(group), "config": describe_residual(residual, n_layers),
                         "block_size": block_size(residual, n_layers),
                         "paper_row": preset_label(preset) if preset else None}
-            row.update(_loss_fields(recs))
+            row.update(loss_fields(recs))
             is_base = variant == base_name
-            comparison = None if is_base else _compare(recs, base, test)
-            row.update(_delta_fields(comparison))
-            row.update({"test": test, "params": _mean_attr(recs, "params_total"),
-                        "flops": _mean_attr(recs, "flops_total"), "tokens": _mean_attr(recs, "tokens"),
-                        "tokens_per_s": _mean_attr(recs, "tokens_per_s"),
+            comparison = None if is_base else compare(recs, base, test)
+            row.update(delta_fields(comparison))
+            row.update(budget_fields(recs, None if is_base else base, test))
+            row.update({"test": test, "params": mean_attr(recs, "params_total"),
+                        "flops": mean_attr(recs, "flops_total"), "tokens": mean_attr(recs, "tokens"),
+                        "tokens_per_s": mean_attr(recs, "tokens_per_s"),
                         "paper_loss": fig.loss if fig else None, "paper_approx": bool(fig and fig.approx),
                         "paper_source": fig.source if fig else None})
             paper_delta = None if is_base or fig is None or base_paper is None else fig.loss - base_paper.loss
             row["paper_delta"] = paper_delta
-            row["verdict"] = NO_FIGURE if is_base else verdict(comparison, paper_delta, alpha)
             rows.append(row)
+            comparisons.append(None if is_base else comparison)
+    adjust_and_power(rows, opts)
+    for row, comparison in zip(rows, comparisons):
+        row["verdict"] = (NO_FIGURE if comparison is None
+                          else verdict(comparison, row["paper_delta"], opts.alpha, row["p_adjusted"]))
     return rows
 
 
-def _variant_columns(rows: list[Row], test: str, with_s: bool = False) -> list[Column]:
-    group_keys = [k for k in rows[0] if k not in _ROW_KEYS] if rows else []
+def _group_keys(records: StudyRecords) -> list[str]:
+    """The trial parameters other than variant and seed that tell cells apart (size, ratio, axes)."""
+    return list(dict.fromkeys(k for group in records.groups() for k, _ in group))
+
+
+def _p_header(test: str) -> str:
+    return "p (t)" if test == "t" else "p (Wilcoxon)"
+
+
+def _adj_header(adjust: str) -> str:
+    return "p adj. (Holm)" if adjust == "holm" else "p adj. (none)"
+
+
+def _variant_columns(group_keys: list[str], opts: Options, with_s: bool = False) -> list[Column]:
     cols = [Column("Variant", key("variant"), "left")]
     cols += [Column(k, key(k)) for k in group_keys]
     if with_s:
@@ -175,7 +160,8 @@ def _variant_columns(rows: list[Row], test: str, with_s: bool = False) -> list[C
         Column("n", key("n")),
         Column("Val loss (95% CI)", mean_ci("loss_mean", "loss_ci_half")),
         Column("Δ vs baseline", mean_ci("delta_mean", "delta_ci_half", sign=True)),
-        Column("p (t)" if test == "t" else "p (Wilcoxon)", key("p_value", pvalue)),
+        Column(_p_header(opts.test), key("p_value", pvalue)),
+        Column(_adj_header(opts.adjust), key("p_adjusted", pvalue)),
         Column("Params", key("params", count)),
         Column("FLOPs", key("flops", sci)),
         Column("tok/s", key("tokens_per_s", count)),
@@ -187,27 +173,55 @@ def _variant_columns(rows: list[Row], test: str, with_s: bool = False) -> list[C
     return cols
 
 
-_ROW_KEYS = {"variant", "config", "block_size", "paper_row", "n", "loss_mean", "loss_ci_low", "loss_ci_high",
-             "loss_ci_half", "loss_std", "n_pairs", "delta_mean", "delta_ci_low", "delta_ci_high", "delta_ci_half",
-             "p_value", "test", "params", "flops", "tokens", "tokens_per_s", "paper_loss", "paper_approx",
-             "paper_source", "paper_delta", "verdict"}
+def _power_columns(group_keys: list[str], with_budgets: bool = True) -> list[Column]:
+    """The second view of the comparing rows: how much the seeds run can tell, and the
+    compute-fair and time-fair Δ."""
+    cols = [Column("Variant", key("variant"), "left")]
+    cols += [Column(k, key(k)) for k in group_keys]
+    cols += [
+        Column("pairs", key("n_pairs")),
+        Column("Δ (equal tokens)", mean_ci("delta_mean", "delta_ci_half", sign=True)),
+        Column("SD of diffs", key("delta_sd", num)),
+        Column("MDE (80%)", key("mde_80", num)),
+        Column("seeds for Δ", key("seeds_needed", lambda v: f"{v:,}")),
+    ]
+    if with_budgets:
+        cols += [
+            Column("Δ equal FLOPs", mean_ci("delta_flops_mean", "delta_flops_ci_half", sign=True)),
+            Column("p", key("p_value_flops", pvalue)),
+            Column("Δ equal time", mean_ci("delta_time_mean", "delta_time_ci_half", sign=True)),
+            Column("p", key("p_value_time", pvalue)),
+        ]
+    return cols
 
 
-def _ablation(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
-    rows = _variant_rows(records, test, alpha)
-    report.tables.append(Table("variants", "Variants against the baseline (paper: Table 4)",
-                               _variant_columns(rows, test), rows))
-    report.notes += _stat_notes(records, test, alpha)
+def _comparing(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.get("power_alpha") is not None]
+
+
+def _variant_tables(report: Report, records: StudyRecords, opts: Options, name: str, title: str,
+                    rows: list[Row], with_s: bool = False) -> None:
+    groups = _group_keys(records)
+    report.tables.append(Table(name, title, _variant_columns(groups, opts, with_s), rows))
+    report.tables.append(Table(f"{name}_power", "Statistical power, and Δ at equal training FLOPs and wall-clock",
+                               _power_columns(groups), _comparing(rows), view_of=name))
+    report.notes += stat_notes(records, opts)
+    report.notes += power_notes(rows, opts)
+    report.notes += budget_notes(records, rows)
+
+
+def _ablation(report: Report, records: StudyRecords, opts: Options) -> None:
+    rows = _variant_rows(records, opts)
+    _variant_tables(report, records, opts, "variants", "Variants against the baseline (paper: Table 4)", rows)
     if any(r["paper_approx"] for r in rows):
         report.notes.append("≈: the paper gives this figure only approximately (Figure 6, or Table 2's mHC(-lite))")
 
 
-def _block_count(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
-    rows = _variant_rows(records, test, alpha)
+def _block_count(report: Report, records: StudyRecords, opts: Options) -> None:
+    rows = _variant_rows(records, opts)
     rows.sort(key=lambda r: (r["block_size"] is not None, r["block_size"] or 0))
-    report.tables.append(Table("block_sizes", "Block size S (sublayers per block; S = 1 is Full AttnRes)",
-                               _variant_columns(rows, test, with_s=True), rows))
-    report.notes += _stat_notes(records, test, alpha)
+    _variant_tables(report, records, opts, "block_sizes",
+                    "Block size S (sublayers per block; S = 1 is Full AttnRes)", rows, with_s=True)
     report.notes.append("paper (Figure 6): S = 2, 4, 8 all land near 1.746, S = 16 and 32 drift toward the "
                         "baseline (1.766), Full AttnRes (S = 1) 1.737")
 
@@ -221,9 +235,11 @@ def _ratio(rec: TrialRecord) -> float | None:
     return None
 
 
-def _depth_width(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
+def _depth_width(report: Report, records: StudyRecords, opts: Options) -> None:
+    test = opts.test
     base_name = records.space.baseline
     cells: list[Row] = []
+    per_seed: dict[tuple[str, float, Group], dict[int, float]] = {}
     for group in _groups(records):
         base = records.select(base_name, group)
         for variant in records.variants():
@@ -234,24 +250,36 @@ def _depth_width(report: Report, records: StudyRecords, test: str, alpha: float)
             row: Row = {"variant": variant, **dict(group), "actual_ratio": _ratio(recs[0]),
                         "n_layers": model.get("n_layers"), "d_model": model.get("d_model"),
                         "family": paper_family(model.get("residual", {}), depth_width=True)}
-            row.update(_loss_fields(recs))
-            row.update(_delta_fields(None if variant == base_name else _compare(recs, base, test)))
-            row.update({"params": _mean_attr(recs, "params_non_embedding"), "tokens": _mean_attr(recs, "tokens"),
-                        "flops": _mean_attr(recs, "flops_total")})
+            row.update(loss_fields(recs))
+            is_base = variant == base_name
+            row.update(delta_fields(None if is_base else compare(recs, base, test)))
+            row.update(budget_fields(recs, None if is_base else base, test))
+            row.update({"params": mean_attr(recs, "params_non_embedding"), "tokens": mean_attr(recs, "tokens"),
+                        "flops": mean_attr(recs, "flops_total")})
             cells.append(row)
+            if row["actual_ratio"]:
+                per_seed[(variant, row["actual_ratio"], group)] = {r.seed: r.loss for r in recs}
+    adjust_and_power(cells, opts)
+    groups = _group_keys(records)
     cols = [Column("Variant", key("variant"), "left"), Column("ratio", key("ratio")),
             Column("d/L_b", key("actual_ratio", lambda v: f"{v:.1f}")), Column("L_b", key("n_layers")),
             Column("d_model", key("d_model")), Column("n", key("n")),
             Column("Val loss (95% CI)", mean_ci("loss_mean", "loss_ci_half")),
             Column("Δ vs baseline", mean_ci("delta_mean", "delta_ci_half", sign=True)),
-            Column("p", key("p_value", pvalue)), Column("Params (non-emb.)", key("params", count)),
+            Column("p", key("p_value", pvalue)), Column(_adj_header(opts.adjust), key("p_adjusted", pvalue)),
+            Column("Params (non-emb.)", key("params", count)),
             Column("Tokens", key("tokens", count)), Column("FLOPs", key("flops", sci))]
     report.tables.append(Table("cells", "Loss per shape at a fixed FLOP budget", cols, cells))
+    report.tables.append(Table("cells_power", "Statistical power per shape, and Δ at equal training FLOPs and "
+                               "wall-clock", _power_columns(groups), _comparing(cells), view_of="cells"))
 
     optima = _depth_width_optima(cells)
+    _bootstrap_optima(optima, per_seed, base_name)
     report.tables.append(Table("optima", "Fitted optimum d_model/L_b (quadratic in log ratio)", [
         Column("Variant", key("variant"), "left"),
         Column("Fitted optimum", key("optimum_ratio", lambda v: f"{v:.1f}")),
+        Column("95% CI (bootstrap)", _interval("optimum_ci_low", "optimum_ci_high", "{:.1f}")),
+        Column(f"P(below {base_name})", key("p_below_baseline", lambda v: f"{v:.3f}")),
         Column("Loss there", key("optimum_loss", num)),
         Column("Inside grid", key("interior", lambda v: "yes" if v else "no (best measured)")),
         Column("R²", key("r2", lambda v: f"{v:.3f}")),
@@ -260,7 +288,10 @@ def _depth_width(report: Report, records: StudyRecords, test: str, alpha: float)
     ], optima))
     report.notes += _flops_notes(records)
     report.notes += _shift_notes(optima, base_name)
-    report.notes.append(f"Δ paired by seed within each shape; p: {_TEST_NAMES[test]}")
+    report.notes.append(f"Δ paired by seed within each shape; p: {TEST_NAMES[test]}")
+    report.notes += power_notes(cells, opts, verdicts=False)
+    report.notes += budget_notes(records, cells)
+    report.notes += _bootstrap_notes(per_seed, "optimum")
 
 
 def _depth_width_optima(cells: list[Row]) -> list[Row]:
@@ -283,6 +314,39 @@ def _depth_width_optima(cells: list[Row]) -> list[Row]:
     return out
 
 
+def _interval(low: str, high: str, fmt: str) -> Any:
+    def show(row: Row) -> str:
+        if row.get(low) is None or row.get(high) is None:
+            return "—"
+        return f"{fmt.format(row[low])} – {fmt.format(row[high])}"
+    return show
+
+
+def _bootstrap_optima(optima: list[Row], per_seed: dict[tuple[str, float, Group], dict[int, float]],
+                      base_name: str) -> None:
+    """Add each optimum's bootstrap interval over seeds and P(optimum < baseline's)."""
+    seeds = {s for values in per_seed.values() for s in values}
+    result = bootstrap.bootstrap_optima(per_seed, base_name) if len(seeds) >= 2 else {}
+    for row in optima:
+        b = result.get(row["variant"])
+        row.update(optimum_ci_low=b.interval.low if b else None, optimum_ci_high=b.interval.high if b else None,
+                   p_below_baseline=b.p_below_baseline if b else None,
+                   bootstrap_replicates=b.interval.valid if b else None)
+
+
+def _bootstrap_notes(per_seed: dict[Any, dict[int, float]], what: str) -> list[str]:
+    seeds = {s for values in per_seed.values() for s in values}
+    if len(seeds) < 2:
+        return [f"no bootstrap interval on the {what}: it needs two or more seeds"]
+    text = {"optimum": "each variant's fitted optimum; P(below): fraction of replicates in which a variant's optimum "
+                       "lies strictly below the baseline's",
+            "multiplier": "the compute multiplier; P(> 1): fraction of replicates in which the variant is the more "
+                          "compute-efficient"}[what]
+    return [f"bootstrap: 95% percentile interval of {text}; {bootstrap.REPLICATES} resamples of the {len(seeds)} "
+            f"seeds with replacement, the same seeds for every variant and cell (paired), fits redone per "
+            f"resample; fixed generator seed {bootstrap.BOOTSTRAP_SEED}, so the report is reproducible"]
+
+
 def _flops_notes(records: StudyRecords) -> list[str]:
     flops = [r.get("flops_total") for r in records.completed if isinstance(r.get("flops_total"), (int, float))]
     if not flops:
@@ -302,27 +366,32 @@ def _shift_notes(optima: list[Row], base_name: str) -> list[str]:
         return ["optimum shift: no baseline fit (it needs three or more shapes with results)"]
     p_base, p_attn = paper.DEPTH_WIDTH_OPTIMUM["baseline"][0], paper.DEPTH_WIDTH_OPTIMUM["attnres"][0]
     return [f"optimum d_model/L_b: {base_name} {base['optimum_ratio']:.1f} → {o['variant']} {o['optimum_ratio']:.1f} "
-            f"(paper: baseline {p_base:.0f} → AttnRes {p_attn:.0f})" for o in ours]
+            f"(paper: baseline {p_base:.0f} → AttnRes {p_attn:.0f})"
+            + (f"; P({o['variant']}'s optimum below {base_name}'s) = {o['p_below_baseline']:.3f} (bootstrap)"
+               if o.get("p_below_baseline") is not None else "") for o in ours]
 
 
 # ------------------------------------------------------------------------------------ scaling
 
-def _scaling(report: Report, records: StudyRecords, test: str, alpha: float) -> None:
+def _scaling(report: Report, records: StudyRecords, opts: Options) -> None:
     points: list[Row] = []
+    per_seed: dict[tuple[str, float, Group], dict[int, float]] = {}
     for group in _groups(records):
         for variant in records.variants():
             recs = records.select(variant, group)
             if not recs:
                 continue
             model = recs[0].model
-            flops = _mean_attr(recs, "flops_total")
+            flops = mean_attr(recs, "flops_total")
             row: Row = {"variant": variant, **dict(group), "n_layers": model.get("n_layers"),
-                        "d_model": model.get("d_model"), "params": _mean_attr(recs, "params_total"),
-                        "tokens": _mean_attr(recs, "tokens"), "flops": flops,
+                        "d_model": model.get("d_model"), "params": mean_attr(recs, "params_total"),
+                        "tokens": mean_attr(recs, "tokens"), "flops": flops,
                         "pflops_days": flops / paper.PFLOPS_DAY if flops else None,
                         "family": paper_family(model.get("residual", {}))}
-            row.update(_loss_fields(recs))
+            row.update(loss_fields(recs))
             points.append(row)
+            if row["pflops_days"]:
+                per_seed[(variant, row["pflops_days"], group)] = {r.seed: r.loss for r in recs}
     report.tables.append(Table("points", "Loss per model size", [
         Column("Variant", key("variant"), "left"), Column("size", key("size")), Column("L_b", key("n_layers")),
         Column("d_model", key("d_model")), Column("Params", key("params", count)), Column("Tokens", key("tokens", count)),
@@ -363,9 +432,18 @@ def _scaling(report: Report, records: StudyRecords, test: str, alpha: float) -> 
             mult_rows.append({"variant": variant, "at_pflops_days": at,
                               "multiplier": fits.compute_multiplier(law, laws[base_name], at),
                               "paper_multiplier": paper.COMPUTE_MULTIPLIER.get(family or "")})
+    seeds = {s for values in per_seed.values() for s in values}
+    boot = bootstrap.bootstrap_multipliers(per_seed, base_name, at) if mult_rows and len(seeds) >= 2 else {}
+    for row in mult_rows:
+        b = boot.get(row["variant"])
+        row.update(multiplier_ci_low=b.interval.low if b else None, multiplier_ci_high=b.interval.high if b else None,
+                   p_multiplier_above_1=b.p_above_one if b else None,
+                   bootstrap_replicates=b.interval.valid if b else None)
     report.tables.append(Table("multiplier", f"Compute multiplier at matched loss (vs {base_name})", [
         Column("Variant", key("variant"), "left"), Column("at C (PFLOP/s-days)", key("at_pflops_days", sci)),
         Column("Multiplier", key("multiplier", lambda v: f"{v:.2f}x")),
+        Column("95% CI (bootstrap)", _interval("multiplier_ci_low", "multiplier_ci_high", "{:.2f}x")),
+        Column("P(> 1)", key("p_multiplier_above_1", lambda v: f"{v:.3f}")),
         Column("Paper", key("paper_multiplier", lambda v: f"{v:.2f}x")),
     ], mult_rows))
     report.notes.append(f"multiplier: compute the baseline's fit needs to reach the loss the variant's fit reaches at "
@@ -374,3 +452,5 @@ def _scaling(report: Report, records: StudyRecords, test: str, alpha: float) -> 
                         "PFLOP/s-days")
     if not mult_rows:
         report.notes.append("no multiplier: it needs power-law fits (two or more sizes) of the baseline and a variant")
+    else:
+        report.notes += _bootstrap_notes(per_seed, "multiplier")

@@ -1,6 +1,8 @@
-"""PNG figures of a report: the study-level figure of each kind, plus each variant's run
-figures (loss curve, output-magnitude and gradient profiles, depth-mixing heatmap) drawn
-by :mod:`attnres_search.reports.run_plots` from the trial's stored record."""
+"""PNG figures of a report: the study-level figure of each kind; the figures comparing the
+variants over all their seeds (:mod:`attnres_search.reports.variant_plots`: loss curves with
+bands, forest plot of Δ, depth-mixing heatmaps, output-RMS and gradient profiles); and one
+representative run per variant (its first seed: loss curve, profiles, heatmap) drawn by
+:mod:`attnres_search.reports.run_plots` from the trial's stored record."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from attnres_search.reports import variant_plots  # noqa: E402
 from attnres_search.reports.records import StudyRecords  # noqa: E402
 from attnres_search.reports.tables import Report, Row  # noqa: E402
 
@@ -35,7 +38,21 @@ def write_plots(report: Report, records: StudyRecords, out_dir: str | Path) -> l
         paths.append(_depth_width_plot(tables["cells"], tables["optima"], report.title, out / "depth_width.png"))
     else:
         paths.append(_scaling_plot(tables["points"], tables["fits"], report.title, out / "scaling.png"))
+    paths += _across_seeds(report, records, out)
     paths += _run_plots(records, out / "runs")
+    return paths
+
+
+def _across_seeds(report: Report, records: StudyRecords, out: Path) -> list[Path]:
+    """The figures drawn from every seed: loss curves, forest plot, heatmaps, profiles."""
+    tables = {t.name: t.rows for t in report.tables}
+    group_keys = list(dict.fromkeys(k for group in records.groups() for k, _ in group))
+    comparing = next((tables[n] for n in ("variants", "block_sizes", "cells") if n in tables), [])
+    found = [variant_plots.loss_curves_plot(records, report.title, out / "loss_curves.png"),
+             variant_plots.forest_plot(comparing, group_keys, report.title, out / "forest.png")]
+    paths = [p for p in found if p is not None]
+    paths += variant_plots.depth_mixing_plots(records, report.title, out)
+    paths += variant_plots.profile_plots(records, report.title, out)
     return paths
 
 
@@ -143,6 +160,16 @@ def _scaling_plot(points: list[Row], fit_rows: list[Row], title: str, path: Path
     return _save(fig, path)
 
 
+def _pairs_only(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The record with its curves as ``[step, loss]`` pairs, the form the run figures read
+    (a curve may also store each point's elapsed seconds as a third item)."""
+    out = dict(attrs)
+    for name in ("val_curve", "train_curve"):
+        if isinstance(out.get(name), list):
+            out[name] = [list(p[:2]) for p in out[name] if isinstance(p, (list, tuple)) and len(p) >= 2]
+    return out
+
+
 def _run_plots(records: StudyRecords, out: Path) -> list[Path]:
     """Each variant's run figures, from its first completed trial (lowest cell, seed)."""
     from attnres_search.reports.run_plots import plot_run
@@ -156,6 +183,6 @@ def _run_plots(records: StudyRecords, out: Path) -> list[Path]:
         folder = out / re.sub(r"[^A-Za-z0-9._-]+", "-", variant)
         folder.mkdir(parents=True, exist_ok=True)
         run_json = folder / "run.json"
-        run_json.write_text(json.dumps(rec.attrs))
+        run_json.write_text(json.dumps(_pairs_only(rec.attrs)))
         paths += plot_run(run_json, folder)
     return paths

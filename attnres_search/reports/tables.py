@@ -32,6 +32,9 @@ class Table:
     title: str
     columns: list[Column]
     rows: list[Row]
+    # A second human view of another table's rows (named here): the rich table and Markdown
+    # show it, CSV and JSON skip it, since those already carry every key of the rows it shows.
+    view_of: str | None = None
 
 
 @dataclass
@@ -143,11 +146,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _data_tables(report: Report) -> list[Table]:
+    return [t for t in report.tables if t.view_of is None]
+
+
 def render_csv(report: Report) -> str:
     """One CSV block per table; with several tables each starts with a ``# name`` line."""
     out = io.StringIO()
-    for i, table in enumerate(report.tables):
-        if len(report.tables) > 1:
+    tables = _data_tables(report)
+    for i, table in enumerate(tables):
+        if len(tables) > 1:
             out.write(("\n" if i else "") + f"# {table.name}\n")
         names = _columns(table.rows)
         writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n")
@@ -162,7 +170,7 @@ def render_json(report: Report) -> str:
         "title": report.title,
         "kind": report.kind,
         "study": report.study,
-        "tables": {t.name: [{k: _plain(v) for k, v in row.items()} for row in t.rows] for t in report.tables},
+        "tables": {t.name: [{k: _plain(v) for k, v in row.items()} for row in t.rows] for t in _data_tables(report)},
         "notes": report.notes,
     }
     return json.dumps(doc, indent=2, default=str) + "\n"
