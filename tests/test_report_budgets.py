@@ -134,3 +134,22 @@ def test_report_without_curves_says_so(tmp_path: Path, monkeypatch, capsys) -> N
     full = next(r for r in doc["tables"]["variants"] if r["variant"] == "full")
     assert full["n_pairs_flops"] == 0 and full["delta_flops_mean"] is None and full["delta_time_mean"] is None
     assert any("no trial stored the loss curve" in n for n in doc["notes"])
+
+
+def test_training_stores_elapsed_seconds_beside_the_curve_and_reports_use_them() -> None:
+    """A real run keeps one increasing elapsed time per validation point (apart from the
+    curve, so resumed runs still compare equal on it), and the budget reader takes them."""
+    from attnres_search.model.config import ModelConfig
+    from attnres_search.reports.budgets import val_points
+    from attnres_search.residual import preset
+    from attnres_search.training.config import RunConfig
+    from attnres_search.training.run import run
+
+    cfg = RunConfig(model=ModelConfig(vocab_size=256, n_layers=1, d_model=16, n_heads=2, seq_len=16,
+                                      residual=preset("block-s2")),
+                    tokens=16 * 2 * 12, batch_size=2, val_every=4, val_windows=2, diagnostics_every=10**6)
+    result = run(cfg, progress=False)
+    assert [s for s, _ in result.val_curve] == [4, 8, 12]
+    assert len(result.val_elapsed_s) == 3 and 0 < result.val_elapsed_s[0] < result.val_elapsed_s[1] < result.val_elapsed_s[2]
+    attrs = {"val_curve": [list(p) for p in result.val_curve], "val_elapsed_s": result.val_elapsed_s}
+    assert [e for _, _, e in val_points(attrs)] == result.val_elapsed_s

@@ -52,14 +52,20 @@ def _number(value: Any) -> bool:
 
 def val_points(attrs: dict[str, Any]) -> list[tuple[float, float, float | None]]:
     """``(step, loss, elapsed seconds or None)`` for every well-formed point of the stored
-    validation curve; both ``[step, loss]`` and ``[step, loss, elapsed_s]`` are accepted."""
+    validation curve; both ``[step, loss]`` and ``[step, loss, elapsed_s]`` are accepted, and
+    a ``val_elapsed_s`` list aligned with ``val_curve`` (what training stores) gives the times."""
+    curve = attrs.get("val_curve") or []
+    times = attrs.get("val_elapsed_s")
+    aligned = isinstance(times, list) and len(times) == len(curve)
     out = []
-    for point in attrs.get("val_curve") or []:
+    for i, point in enumerate(curve):
         if not isinstance(point, (list, tuple)) or len(point) not in (2, 3):
             continue
         if not (_number(point[0]) and _number(point[1])):
             continue
         elapsed = float(point[2]) if len(point) == 3 and _number(point[2]) else None
+        if elapsed is None and aligned and _number(times[i]):
+            elapsed = float(times[i])
         out.append((float(point[0]), float(point[1]), elapsed))
     return out
 

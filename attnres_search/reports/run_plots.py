@@ -55,7 +55,7 @@ def _loss_plot(run: dict[str, Any], title: str, path: Path) -> Path:
         steps, losses = zip(*run["train_curve"])
         ax.plot(steps, losses, lw=1, alpha=0.6, label="train")
     if run.get("val_curve"):
-        steps, losses = zip(*run["val_curve"])
+        steps, losses = zip(*[(point[0], point[1]) for point in run["val_curve"]])
         ax.plot(steps, losses, "o-", ms=3, label="validation")
     ax.set(xlabel="global step", ylabel="loss (nats/token)", title=f"Loss\n{title}")
     ax.grid(alpha=0.3)
@@ -107,9 +107,9 @@ def _alpha_plot(snapshot: dict[str, Any], title: str, path: Path) -> Path:
 
 
 def _is_curve(value: Any) -> bool:
-    """A list of ``[step, loss]`` number pairs."""
+    """A list of ``[step, loss]`` number pairs (``[step, loss, elapsed_s]`` triples too)."""
     return isinstance(value, list) and all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
+        isinstance(p, list) and len(p) in (2, 3) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)
         for p in value
     )
 

@@ -77,6 +77,7 @@ class RunResult:
     best_val_loss: float
     final_val_bpb: float | None = None  # bits per byte, byte-level data only
     val_curve: list[tuple[int, float]] = field(default_factory=list)  # (global step, loss)
+    val_elapsed_s: list[float] = field(default_factory=list)  # training seconds at each val_curve point
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     diagnostics_path: str | None = None
     diagnostics_summary: dict[str, Any] = field(default_factory=dict)

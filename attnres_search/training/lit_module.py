@@ -9,6 +9,7 @@ reports its whole history.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -46,6 +47,11 @@ class LitLM(L.LightningModule):
         if cfg.compile:
             self.model.compile()  # in place: parameter names (and checkpoints) stay unchanged
         self.val_curve: list[tuple[int, float]] = []
+        # Seconds of training (validation included, summed over resumes) at each val_curve
+        # point, kept apart from the curve so resumed runs still compare equal on it:
+        # reports read it to compare variants at equal wall-clock.
+        self.val_elapsed_s: list[float] = []
+        self._clock_start = time.perf_counter()
         self.train_curve: list[tuple[int, float]] = []
         self.resumed_from_step: int | None = None
         self._curve_every = max(1, total_steps // TRAIN_CURVE_POINTS)
@@ -77,9 +83,24 @@ class LitLM(L.LightningModule):
     def on_train_start(self) -> None:
         """Lightning skips the validation due at the step a checkpoint was saved on when it
         resumes (the checkpoint precedes it); run it here so the curve stays complete."""
+        self._clock_start = time.perf_counter() - (self.val_elapsed_s[-1] if self.val_elapsed_s else 0.0)
         step = self.resumed_from_step
         if step and step % self.cfg.val_every == 0 and all(s != step for s, _ in self.val_curve):
-            self.val_curve = sorted([*self.val_curve, (step, self._evaluate())])
+            self._record_val(step, self._evaluate())
+
+    def _record_val(self, step: int, loss: float) -> None:
+        """Add (or, for a repeated step, replace) a validation point and its elapsed time."""
+        elapsed = time.perf_counter() - self._clock_start
+        points = {s: (v, e) for (s, v), e in zip(self.val_curve, self.elapsed_at_val_points())}
+        points[step] = (loss, elapsed)
+        ordered = sorted(points.items())
+        self.val_curve = [(s, v) for s, (v, _) in ordered]
+        self.val_elapsed_s = [e for _, (_, e) in ordered]
+
+    def elapsed_at_val_points(self) -> list[float]:
+        if len(self.val_elapsed_s) == len(self.val_curve):
+            return self.val_elapsed_s
+        return [float("nan")] * len(self.val_curve)  # a checkpoint from before elapsed times were kept
 
     @torch.no_grad()
     def _evaluate(self) -> float:
@@ -114,11 +135,7 @@ class LitLM(L.LightningModule):
         loss = (total / count).float()
         self.log("val_loss", loss)
         if not self.trainer.sanity_checking:
-            step = self.global_step
-            if self.val_curve and self.val_curve[-1][0] == step:
-                self.val_curve[-1] = (step, loss.item())
-            else:
-                self.val_curve.append((step, loss.item()))
+            self._record_val(self.global_step, loss.item())
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.cfg)
@@ -129,6 +146,7 @@ class LitLM(L.LightningModule):
         checkpoint["attnres_run"] = {
             "config": self.cfg.to_dict(),
             "val_curve": list(self.val_curve),
+            "val_elapsed_s": list(self.elapsed_at_val_points()),
             "train_curve": list(self.train_curve),
         }
 
@@ -141,5 +159,6 @@ class LitLM(L.LightningModule):
         if changed:
             raise ValueError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)}")
         self.val_curve = [tuple(p) for p in saved["val_curve"]]  # type: ignore[misc]
+        self.val_elapsed_s = [float(e) for e in saved.get("val_elapsed_s", [])]
         self.train_curve = [tuple(p) for p in saved["train_curve"]]  # type: ignore[misc]
         self.resumed_from_step = int(checkpoint["global_step"])

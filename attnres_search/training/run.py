@@ -202,6 +202,7 @@ def _result(
         best_val_loss=min((loss for _, loss in module.val_curve), default=math.nan),
         final_val_bpb=final / math.log(2) if corpus.byte_level and math.isfinite(final) else None,
         val_curve=list(module.val_curve),
+        val_elapsed_s=list(module.elapsed_at_val_points()),
         train_curve=list(module.train_curve),
         diagnostics_path=str(diag_path) if diag_path is not None else None,
         diagnostics_summary=diagnostics.summary(),
