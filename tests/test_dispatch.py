@@ -1,4 +1,4 @@
-"""``dispatch.attend`` picks the kernel or the reference as told, explains why when it cannot,
+"""``attend`` picks the kernel or the reference as told, explains why when it cannot,
 and a model gives the same loss and gradients either way (without a GPU the kernel runs in
 Triton's interpreter; tests/conftest.py switches it on)."""
 
@@ -29,7 +29,7 @@ def clean_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts calls into the fused kernel (still running it)."""
-    from attnres_search.kernels import depth_attention as K
+    from attnres_search.kernels import fused as K
 
     calls: list[int] = []
     real = K.fused_depth_attention
@@ -39,6 +39,36 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(K, "fused_depth_attention", spy)
+    return calls
+
+
+@pytest.fixture
+def path_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Counts, per path, the calls of every implementation a model's depth-attention can
+    reach: the fused kernel and the two-phase kernels, or the PyTorch one-shot and two-phase."""
+    from attnres_search.kernels import attend as attend_module
+    from attnres_search.kernels import two_phase
+
+    calls: dict[str, list[str]] = {"kernel": [], "reference": []}
+
+    def spy(module, name: str, path: str) -> None:  # type: ignore[no-untyped-def]
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls[path].append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(attend_module, "depth_attention", "reference")
+    spy(two_phase, "_phase1_torch", "reference")
+    spy(two_phase, "_phase2_torch", "reference")
+    if runtime.unavailable_reason(torch.device(DEVICE)) is None:
+        from attnres_search.kernels import fused, two_phase_triton
+
+        spy(fused, "fused_depth_attention", "kernel")
+        spy(two_phase_triton, "phase1", "kernel")
+        spy(two_phase_triton, "phase2", "kernel")
     return calls
 
 
@@ -128,9 +158,9 @@ def test_forced_triton_explains_unsupported_calls() -> None:
 
 def test_forced_triton_on_cpu_without_interpreter_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("triton")
-    from attnres_search.kernels import depth_attention as K
+    from attnres_search.kernels import triton_base
 
-    monkeypatch.setattr(K, "INTERPRETED", False)
+    monkeypatch.setattr(triton_base, "INTERPRETED", False)
     with dispatch.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         dispatch.attend(*inputs())
 
@@ -163,16 +193,18 @@ def _loss_and_grads(model, idx: torch.Tensor):  # type: ignore[no-untyped-def]
     [("block-s2", {}), ("full-sigmoid", {}), ("block-mh16", {"heads": 4}), ("block-nokeynorm", {"block_size": 2})],
 )
 def test_model_same_loss_and_gradients_with_kernel(
-    preset_name: str, overrides: dict[str, object], kernel_calls: list[int]
+    preset_name: str, overrides: dict[str, object], path_calls: dict[str, list[str]]
 ) -> None:
     model = _tiny_model(preset_name, **overrides)
     idx = torch.randint(0, 256, (2, 16), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
     with dispatch.use_backend("reference"):
         ref_loss, ref_grads = _loss_and_grads(model, idx)
-    assert kernel_calls == []
+    assert path_calls["kernel"] == [] and path_calls["reference"] != []
+    path_calls["reference"].clear()
     with dispatch.use_backend("triton"):
         loss, grads = _loss_and_grads(model, idx)
-    assert len(kernel_calls) == model.cfg.n_sublayers + 1  # every sublayer and the final mix
+    # Every sublayer and the final mix took a kernel (one-shot fused or two-phase), none the reference.
+    assert path_calls["reference"] == [] and path_calls["kernel"] != []
     assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, ref in ref_grads.items():
         assert torch.allclose(grads[name], ref, rtol=1e-4, atol=1e-6), name

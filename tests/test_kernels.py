@@ -10,12 +10,13 @@ import torch
 # Without a GPU the kernels run in Triton's interpreter: tests/conftest.py sets
 # TRITON_INTERPRET=1 before anything imports Triton.
 triton = pytest.importorskip("triton")
-from attnres_search.kernels import depth_attention as K  # noqa: E402
+from attnres_search.kernels import fused as K  # noqa: E402
+from attnres_search.kernels.triton_base import INTERPRETED  # noqa: E402
 from attnres_search.kernels import runtime  # noqa: E402
 from attnres_search.kernels.reference import depth_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not K.INTERPRETED:
+if DEVICE == "cpu" and not INTERPRETED:
     pytest.skip("no GPU and TRITON_INTERPRET was not 1 when Triton was imported", allow_module_level=True)
 TOKENS = (2, 5)  # 10 tokens: several programs and a masked tail in the interpreter's 4-token tiles
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -180,3 +181,20 @@ def test_torch_compile_traces_the_op() -> None:
     want = torch.autograd.grad(loss_fn(*leaves), leaves)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_eager_calls_skip_the_custom_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager forward and backward run the kernels through the plain autograd.Function: the
+    dispatcher-wrapped custom ops (their per-call host cost) are for torch.compile only."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the custom op was called on the eager path")
+
+    blocks, part, query, gain = make_inputs(3, 64, partial=True, key_norm=True, seed=13)
+    want = K.fused_depth_attention(blocks, part, query, gain)
+    monkeypatch.setattr(K, "depth_attention_fwd", refuse)
+    monkeypatch.setattr(K, "depth_attention_bwd", refuse)
+    leaves = [t.requires_grad_() for t in (blocks, part, query, gain)]
+    out = K.fused_depth_attention(*leaves)
+    torch.autograd.grad(out.sum(), leaves)
+    assert torch.equal(out, want)

@@ -27,8 +27,25 @@ SHAPES: tuple[tuple[int, int, int], ...] = (
     (8192, 4096, 17),
     (65536, 4096, 3),
 )
-QUICK_SHAPES: tuple[tuple[int, int, int], ...] = ((16384, 1024, 5), (65536, 1024, 17), (8192, 4096, 17))
+QUICK_SHAPES: tuple[tuple[int, int, int], ...] = (
+    (8192, 512, 2), (16384, 1024, 5), (65536, 1024, 17), (8192, 4096, 17),
+)  # fmt: skip
 CPU_SHAPES: tuple[tuple[int, int, int], ...] = ((1024, 256, 3), (2048, 512, 5))
+TWO_PHASE_LAYERS = 4
+"""Layers per block S in the two-phase rows (the paper's block-s4 layout)."""
+
+
+@dataclass
+class TwoPhaseRow:
+    """One block of ``S`` layers over ``N = sources - 1`` completed blocks, forward + backward:
+    the two-phase schedule against ``S`` one-shot calls (eager and compiled)."""
+
+    shape: tuple[int, int, int]
+    layers: int
+    two_phase_ms: float
+    one_shot_ms: float
+    compile_ms: float | None
+    max_rel_err: float
 
 
 @dataclass
@@ -103,7 +120,7 @@ def _bench_shape(
 
     impls: dict[str, Callable] = {"eager": _reference}
     if cuda:
-        from attnres_search.kernels.depth_attention import fused_depth_attention
+        from attnres_search.kernels.fused import fused_depth_attention
 
         impls["kernel"] = fused_depth_attention
     if compile_ref:
@@ -141,6 +158,81 @@ def _bench_shape(
     if cuda:
         torch.cuda.empty_cache()
     return rows
+
+
+def _bench_two_phase(
+    shape: tuple[int, int, int], dtype_name: str, warmup: int, repeats: int, cuda: bool, compile_ref: bool,
+    layers: int = TWO_PHASE_LAYERS,
+) -> TwoPhaseRow:  # fmt: skip
+    """Time one block's depth-attention for training: ``phase1`` + ``S x phase2`` against
+    ``S`` one-shot :func:`attend` calls (kernel on CUDA, PyTorch on CPU, same backend rule as
+    the model) and against those one-shot calls ``torch.compile``-d on the reference path."""
+    import torch
+
+    from attnres_search.kernels.attend import attend
+    from attnres_search.kernels.backend import use_backend
+    from attnres_search.kernels.two_phase import phase1, phase2
+
+    tokens, d, n = shape
+    device = "cuda" if cuda else "cpu"
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator(device=device).manual_seed(0)
+    blocks = torch.randn(max(n - 1, 1), tokens, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+    queries = (torch.randn(layers, d, device=device, generator=gen) / d**0.5).requires_grad_()
+    gains = (1 + 0.1 * torch.randn(layers, d, device=device, generator=gen)).requires_grad_()
+    partials = [torch.randn(tokens, d, device=device, dtype=dtype, generator=gen).requires_grad_() for _ in range(layers - 1)]
+    grads_out = [torch.randn(tokens, d, device=device, dtype=dtype, generator=gen) for _ in range(layers)]
+    leaves = [blocks, queries, gains, *partials]
+
+    def two_phase() -> list:  # type: ignore[type-arg]
+        p1 = phase1(blocks, queries, gains)
+        return [phase2(p1, j, None if j == 0 else partials[j - 1], queries[j], gains[j]) for j in range(layers)]
+
+    def one_shot() -> list:  # type: ignore[type-arg]
+        return [attend(blocks, None if j == 0 else partials[j - 1], queries[j], gains[j]) for j in range(layers)]
+
+    def step(fn) -> None:  # type: ignore[no-untyped-def]
+        torch.autograd.grad(fn(), leaves, grads_out)
+
+    backend = "triton" if cuda else "reference"
+    with use_backend(backend):  # type: ignore[arg-type]
+        two_ms = _median_ms(lambda: step(two_phase), warmup, repeats, cuda)
+        one_ms = _median_ms(lambda: step(one_shot), warmup, repeats, cuda)
+        with torch.no_grad():
+            got, want = two_phase(), one_shot()
+        err = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, want))
+    compile_ms = None
+    if compile_ref:
+        torch._dynamo.reset()
+        compiled = torch.compile(one_shot, dynamic=False)
+        with use_backend("reference"):
+            compile_ms = _median_ms(lambda: step(compiled), warmup, repeats, cuda)
+    return TwoPhaseRow(shape, layers, two_ms, one_ms, compile_ms, err)
+
+
+def _render_two_phase(rows: list[TwoPhaseRow], dtype_name: str, device_name: str, kernel: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.width = max(console.width, 130)
+    path = "Triton kernels" if kernel else "PyTorch"
+    table = Table(title=f"two-phase training step of one block ({path}), {dtype_name} sources, on {device_name}")
+    for col in ("tokens", "d", "N", "S", "two-phase ms", "one-shot x S ms", "compiled ms", "vs one-shot", "vs compiled", "err"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        t, d, n = r.shape
+        table.add_row(
+            str(t), str(d), str(max(n - 1, 1)), str(r.layers), _ms(r.two_phase_ms), _ms(r.one_shot_ms),
+            _ms(r.compile_ms), _ratio(r.one_shot_ms, r.two_phase_ms), _ratio(r.compile_ms, r.two_phase_ms),
+            f"{r.max_rel_err:.1e}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        "Forward + backward of the depth-attention of all S layers of one block over N completed "
+        "blocks (S - 1 partial sums). 'vs one-shot' and 'vs compiled' are the two-phase "
+        "schedule's speedups over S one-shot calls, eager and torch.compile-d (reference path)."
+    )
 
 
 def _ratio(num: float | None, den: float | None) -> str:
@@ -202,7 +294,13 @@ def _gbs(bytes_per_s: float | None) -> str:
 @click.option("--repeats", default=20, type=click.IntRange(min=1), show_default=True,
               help="Timed runs; the median is reported.")  # fmt: skip
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile column (compiling takes a while).")
-def command(quick: bool, dtype_name: str, warmup: int, repeats: int, no_compile: bool) -> None:
+@click.option("--no-two-phase", is_flag=True, help="Skip the two-phase training table.")
+@click.option("--shape", "shapes_opt", multiple=True, metavar="TOKENS,D,SOURCES",
+              help="Time these shapes instead of the built-in list (repeatable), e.g. 8192,512,2.")  # fmt: skip
+def command(
+    quick: bool, dtype_name: str, warmup: int, repeats: int, no_compile: bool, no_two_phase: bool,
+    shapes_opt: tuple[str, ...],
+) -> None:  # fmt: skip
     """Time the fused kernel vs the PyTorch reference (eager and torch.compile)."""
     import warnings
 
@@ -224,6 +322,8 @@ def command(quick: bool, dtype_name: str, warmup: int, repeats: int, no_compile:
         click.echo("No CUDA GPU: the Triton kernels need one. Timing the PyTorch reference paths on small CPU shapes.")
         shapes = CPU_SHAPES[:1] if quick else CPU_SHAPES
         device_name, copy_bw = "CPU", None
+    if shapes_opt:
+        shapes = tuple(_parse_shape(text) for text in shapes_opt)
     rows: list[Row] = []
     for k, shape in enumerate(shapes, 1):
         new_rows = _bench_shape(shape, dtype_name, warmup, repeats, cuda, compile_ref=not no_compile)
@@ -233,3 +333,24 @@ def command(quick: bool, dtype_name: str, warmup: int, repeats: int, no_compile:
         click.echo(f"[{k}/{len(shapes)}] tokens={shape[0]} d={shape[1]} sources={shape[2]}: {summary}", err=True)
         rows += new_rows
     _render(rows, copy_bw, dtype_name, device_name)
+    if no_two_phase:
+        return
+    two_phase_rows = []
+    for k, shape in enumerate(shapes, 1):
+        row = _bench_two_phase(shape, dtype_name, warmup, repeats, cuda, compile_ref=not no_compile)
+        click.echo(f"[{k}/{len(shapes)}] two-phase tokens={shape[0]} d={shape[1]} sources={shape[2]}: "
+                   f"{_ms(row.two_phase_ms)} vs one-shot {_ms(row.one_shot_ms)} ms", err=True)  # fmt: skip
+        two_phase_rows.append(row)
+    _render_two_phase(two_phase_rows, dtype_name, device_name, kernel=cuda)
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    from attnres_search.errors import BadInput
+
+    try:
+        tokens, d, n = (int(part) for part in text.split(","))
+    except ValueError:
+        raise BadInput(f"--shape takes TOKENS,D,SOURCES (three integers), got {text!r}") from None
+    if min(tokens, d, n) < 1:
+        raise BadInput(f"--shape values must be positive, got {text!r}")
+    return tokens, d, n

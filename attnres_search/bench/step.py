@@ -1,9 +1,11 @@
 """``attnres-search bench step``: what a training step costs, side by side in one process.
 
 1. Residual rules: one forward + backward + optimizer step of the bare model for the
-   baseline, block AttnRes and full AttnRes on the same shapes. Steps are interleaved
-   (baseline, block, full, then the next round in a rotated order) so machine drift
-   and thermal throttling hit every variant equally; the median after warm-up is kept.
+   baseline, block AttnRes, full AttnRes and mHC on the same shapes, eager and (with
+   ``--compile``) ``torch.compile``-d. Steps are interleaved (every row, then the next
+   round in a rotated order) so machine drift and thermal throttling hit every row
+   equally; the median after warm-up is kept. Ratios are against the baseline in the same
+   mode (compiled rows against the compiled baseline).
 2. Loop overhead: the Lightning trainer that ``train`` uses against a bare PyTorch loop
    doing the same work (same data stream, model, optimizer, schedule, clipping and
    finite-loss check). Per-step time is the interval between consecutive step starts, so
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -36,7 +39,7 @@ def _run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: 
     return RunConfig(model=model, tokens=None, steps=steps, batch_size=batch_size, val_every=10**9, diagnostics_every=10**9)
 
 
-def _bare_step_fn(cfg: Any, device: Any, autocast: bool) -> Callable[[], None]:
+def _bare_step_fn(cfg: Any, device: Any, autocast: bool, compile: bool = False) -> Callable[[], None]:
     """A closure doing one full optimizer step of a fresh model on a fixed batch."""
     import torch
     import torch.nn.functional as F
@@ -47,6 +50,8 @@ def _bare_step_fn(cfg: Any, device: Any, autocast: bool) -> Callable[[], None]:
     torch.manual_seed(0)
     model = AttnResLM(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg)
+    if compile:
+        model.compile()  # in place, as train --compile does
     idx = torch.randint(0, cfg.model.vocab_size, (cfg.batch_size, cfg.model.seq_len + 1), device=device)
 
     def step() -> None:
@@ -61,12 +66,27 @@ def _bare_step_fn(cfg: Any, device: Any, autocast: bool) -> Callable[[], None]:
     return step
 
 
-def bench_variants(presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any) -> dict[str, float]:
-    """Median milliseconds per optimizer step for each preset, interleaved."""
-    steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, device.type == "cuda") for name in presets}
-    times: dict[str, list[float]] = {name: [] for name in presets}
+COMPILED = "+compile"
+"""Suffix of a compiled row's key: ``"block-s4+compile"``."""
+
+
+def bench_variants(
+    presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any, compile: bool = False
+) -> dict[str, float]:
+    """Median milliseconds per optimizer step for each preset (and, with ``compile``, each
+    compiled preset under the key ``name + COMPILED``), interleaved."""
+    autocast = device.type == "cuda"
+    steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast) for name in presets}
+    if compile:
+        for name in presets:
+            steps[name + COMPILED] = _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast, compile=True)
+    keys = list(steps)
+    for key in keys:
+        if key.endswith(COMPILED):
+            steps[key]()  # compile outside the timed rounds whatever --warmup says
+    times: dict[str, list[float]] = {key: [] for key in keys}
     for round_ in range(warmup + repeats):
-        order = presets[round_ % len(presets):] + presets[: round_ % len(presets)]
+        order = keys[round_ % len(keys):] + keys[: round_ % len(keys)]
         for name in order:
             _sync(device)
             start = time.perf_counter()
@@ -86,7 +106,7 @@ def _lightning_steps(cfg: Any, warmup: int) -> list[float]:
 
     from attnres_search.training.data import LMDataModule, load_corpus
     from attnres_search.training.lit_module import LitLM
-    from attnres_search.training.run import build_trainer, quiet_lightning
+    from attnres_search.training.trainer import build_trainer, quiet_lightning
 
     class StepStarts(L.Callback):
         def __init__(self) -> None:
@@ -100,7 +120,7 @@ def _lightning_steps(cfg: Any, warmup: int) -> list[float]:
         L.seed_everything(0, verbose=False)
         data = LMDataModule(load_corpus(cfg.data), seq_len=cfg.model.seq_len, batch_size=cfg.batch_size, seed=0, val_windows=1)
         probe = StepStarts()
-        trainer = build_trainer(cfg, cfg.steps, [probe], progress=False)
+        trainer = build_trainer(cfg, cfg.steps, [probe])
         trainer.fit(LitLM(cfg, cfg.steps), datamodule=data)
     return _intervals(probe.starts, warmup)
 
@@ -173,6 +193,21 @@ def _table(title: str, rows: list[tuple[str, float, float]], ratio_label: str) -
     return table
 
 
+def variant_rows(variant_ms: dict[str, float]) -> list[dict[str, Any]]:
+    """Machine-readable rows: preset, whether compiled, ms per step, and the ratio against
+    the baseline in the same mode and against the eager baseline."""
+    rows = []
+    for key, ms in variant_ms.items():
+        compiled = key.endswith(COMPILED)
+        name = key[: -len(COMPILED)] if compiled else key
+        base = variant_ms["baseline" + (COMPILED if compiled else "")]
+        rows.append({
+            "preset": name, "compile": compiled, "ms": ms,
+            "vs_baseline": ms / base, "vs_eager_baseline": ms / variant_ms["baseline"],
+        })  # fmt: skip
+    return rows
+
+
 @click.command()
 @click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True, help="Transformer blocks L_b.")
 @click.option("--width", type=click.IntRange(min=2), default=128, show_default=True)
@@ -187,34 +222,51 @@ def _table(title: str, rows: list[tuple[str, float, float]], ratio_label: str) -
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch [default: torch's]. Use 1 on a busy machine: CPU threads that "
                    "outnumber free cores make every step many times slower.")
+@click.option("--compile", "compile_too", is_flag=True,
+              help="Also time every variant torch.compile-d (rows 'NAME+compile', against the compiled baseline).")
+@click.option("--no-loops", is_flag=True, help="Skip the Lightning-vs-bare-loop comparison.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object instead of tables.")
 def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, block_preset: str,
-            warmup: int, repeats: int, loop_steps: int, rounds: int, threads: int | None) -> None:
-    """Time baseline vs block vs full AttnRes steps, and Lightning vs a bare loop."""
+            warmup: int, repeats: int, loop_steps: int, rounds: int, threads: int | None,
+            compile_too: bool, no_loops: bool, as_json: bool) -> None:
+    """Time baseline vs block vs full AttnRes vs mHC steps, and Lightning vs a bare loop."""
     import torch
     from rich.console import Console
 
-    from attnres_search.cli.errors import BadInput
+    from attnres_search.errors import BadInput
 
-    if loop_steps <= warmup + 1:
+    if not no_loops and loop_steps <= warmup + 1:
         raise BadInput(f"--loop-steps ({loop_steps}) must exceed --warmup + 1 ({warmup + 1})")
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shape = dict(layers=layers, width=width, heads=heads, seq_len=seq_len, batch_size=batch_size)
+    presets = list(dict.fromkeys(["baseline", block_preset, "full", "mhc"]))
     try:
-        presets = ["baseline", block_preset, "full"]
-        variant_ms = bench_variants(presets, shape, warmup, repeats, device)
-        loop_ms = bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device)
+        variant_ms = bench_variants(presets, shape, warmup, repeats, device, compile=compile_too)
+        loop_ms = None if no_loops else bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
+    rows = variant_rows(variant_ms)
+    if as_json:
+        result: dict[str, Any] = {
+            "device": device_name, "shape": shape, "warmup": warmup, "repeats": repeats, "rows": rows,
+            "loops": None if loop_ms is None else {
+                "bare_ms": loop_ms["bare"], "lightning_ms": loop_ms["lightning"],
+                "lightning_vs_bare": loop_ms["lightning"] / loop_ms["bare"],
+            },
+        }  # fmt: skip
+        click.echo(json.dumps(result, indent=2))
+        return
     console = Console()
     shape_text = f"L_b={layers} ({2 * layers} sublayers), d={width}, heads={heads}, T={seq_len}, B={batch_size} on {device_name}"
-    base = variant_ms["baseline"]
     console.print(_table(f"optimizer step of the bare model (AdamW), median of {repeats}\n{shape_text}",
-                         [(name, ms, ms / base) for name, ms in variant_ms.items()], "vs baseline"))
-    console.print(_table(f"training loop, baseline model, median over {rounds} x {loop_steps - warmup - 1} steps",
-                         [("bare PyTorch loop", loop_ms["bare"], 1.0),
-                          ("Lightning (train's Trainer)", loop_ms["lightning"], loop_ms["lightning"] / loop_ms["bare"])],
-                         "vs bare loop"))
+                         [(r["preset"] + (" (compiled)" if r["compile"] else ""), r["ms"], r["vs_baseline"]) for r in rows],
+                         "vs baseline"))  # fmt: skip
+    if loop_ms is not None:
+        console.print(_table(f"training loop, baseline model, median over {rounds} x {loop_steps - warmup - 1} steps",
+                             [("bare PyTorch loop", loop_ms["bare"], 1.0),
+                              ("Lightning (train's Trainer)", loop_ms["lightning"], loop_ms["lightning"] / loop_ms["bare"])],
+                             "vs bare loop"))  # fmt: skip

@@ -11,7 +11,7 @@ are never seeded with the embedding. S = 1 is Full AttnRes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from attnres_search.kernels.attend import attend
 from attnres_search.kernels.reference import DEFAULT_EPS, mix_sources
+from attnres_search.kernels.two_phase import Phase1, phase1, phase2, two_phase_supported
 from attnres_search.model.layers import rms_normalize
 from attnres_search.residual.base import (ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_choice,
                                           check_positive)
@@ -152,7 +153,7 @@ class _State:
     blocks: list[Tensor]  # b_0 = v_0, then one completed block sum per block
     partial: Tensor | None = None  # running sum of the current block, None right after a boundary
     stacked: Tensor | None = None  # torch.stack(blocks), rebuilt only when a block completes
-    extra: dict[str, Tensor] = field(default_factory=dict)
+    phase1: Phase1 | None = None  # the open block's phase-1 result (two-phase schedule)
 
 
 class AttnResRule(ResidualRule):
@@ -176,19 +177,45 @@ class AttnResRule(ResidualRule):
             self.query_proj = nn.Parameter(torch.zeros(n_points, d_model, d_model))
         if cfg.key_norm == "rmsnorm" and cfg.mixing == "input_dependent":
             self.key_gains = nn.Parameter(torch.ones(n_points, d_model))
+        # Learned pseudo-queries are known before a block runs, so its S layers are scored
+        # against the completed blocks in one pass (paper Algorithm 1) and each layer only
+        # merges its own partial sum. Input-dependent queries and windows need the one-shot path.
+        self.two_phase = (cfg.mixing == "input_dependent" and cfg.query == "learned"
+                          and two_phase_supported(cfg.heads, cfg.window))
 
     def begin(self, v0: Tensor) -> _State:
         return _State(blocks=[v0])
 
+    def _stacked(self, state: _State) -> Tensor:
+        if state.stacked is None or state.stacked.shape[0] != len(state.blocks):
+            state.stacked = torch.stack(state.blocks)
+        return state.stacked
+
+    def _mix_two_phase(self, i: int, state: _State) -> Tensor:
+        """Layer i's input by the two-phase schedule: phase 1 when its block opens (the head
+        is a block of one query over every completed block), phase 2 for the partial sum."""
+        j = i % self.block_size if i < self.n_sublayers else 0
+        gains = self.key_gains if self.cfg.key_norm == "rmsnorm" else None
+        if j == 0:
+            n_queries = self.block_size if i < self.n_sublayers else 1
+            state.phase1 = phase1(self._stacked(state), self.queries[i : i + n_queries],
+                                  None if gains is None else gains[i : i + n_queries],
+                                  score=self.cfg.score, heads=self.cfg.heads, eps=self.eps)  # type: ignore[arg-type]
+        assert state.phase1 is not None
+        return phase2(state.phase1, j, state.partial if j else None, self.queries[i],
+                      None if gains is None else gains[i])
+
     def _mix(self, i: int, state: _State) -> Tensor:
+        # On CUDA the one-shot fused kernel is faster than today's two-phase kernels
+        # (results/gpu_h200/), so the schedule is used where it pays: the PyTorch path.
+        if self.two_phase and not self.record and state.blocks[0].device.type != "cuda":
+            return self._mix_two_phase(i, state)
         plan = self.plan[i]
         n_done = len(state.blocks)
         use_partial = state.partial is not None and plan.indices[-1] == n_done
         block_idx = [j for j in plan.indices if j < n_done]
         if len(block_idx) == n_done:
-            if state.stacked is None or state.stacked.shape[0] != n_done:
-                state.stacked = torch.stack(state.blocks)
-            blocks = state.stacked
+            blocks = self._stacked(state)
         else:  # sliding window: gather the selected blocks
             blocks = torch.stack([state.blocks[j] for j in block_idx])
         partial = state.partial if use_partial else None

@@ -24,11 +24,14 @@ the sources. ``P`` is accumulated per program by a persistent backward grid and 
 partial sums are added in a fixed order afterwards: no atomics, so gradients are bitwise
 reproducible on a given device.
 
-Both passes are ``torch.library.custom_op`` s with fake implementations and a registered
-autograd formula, so ``torch.compile`` traces a model that uses them without graph breaks.
-(``triton_op`` would let Inductor see inside, but it cannot wrap kernels defined for the CPU
-interpreter, which is how the test-suite runs them; there is nothing here for Inductor to fuse
-with anyway.)
+Eager calls go through a plain :class:`torch.autograd.Function` (:class:`FusedDepthAttention`),
+which costs one Python call per pass. Under ``torch.compile`` the same two passes are the
+``torch.library.custom_op`` s ``attnres::depth_attention_fwd/bwd`` with fake implementations
+and a registered autograd formula, so Dynamo traces a model that uses them without graph
+breaks; the dispatcher wrapper they add per call (tens of microseconds) is paid only while
+tracing, never by the eager hot path. (``triton_op`` would let Inductor see inside, but it
+cannot wrap kernels defined for the CPU interpreter, which is how the test-suite runs them;
+there is nothing here for Inductor to fuse with anyway.)
 """
 
 from __future__ import annotations
@@ -40,19 +43,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from attnres_search.kernels.reference import DEFAULT_EPS, Score
-from attnres_search.kernels import runtime
-
-
-@triton.jit
-def _logit(v, u, inv_dh, eps, HAS_GAIN: tl.constexpr):
-    """Logit ``s`` and inverse RMS ``r`` of a ``[BLOCK_T, BLOCK_D]`` tile of one source."""
-    dot = tl.sum(v * u[None, :], axis=1)
-    if HAS_GAIN:
-        r = tl.rsqrt(tl.sum(v * v, axis=1) * inv_dh + eps)
-    else:
-        r = tl.full(dot.shape, 1.0, tl.float32)
-    return dot * r, r
+from . import runtime
+from .reference import DEFAULT_EPS, Score
+from .triton_base import block_rows as _block_rows
+from .triton_base import logit as _logit
+from .triton_base import num_warps as _num_warps
 
 
 @triton.jit
@@ -200,26 +195,6 @@ def _bwd_kernel(
     tl.store(psum_ptr + psum_row + cols, tl.sum(p_acc, axis=0), mask=col_ok)
 
 
-INTERPRETED: bool = not isinstance(_fwd_kernel, triton.runtime.jit.JITFunction)
-"""True when the kernels were defined for Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-
-
-def _block_rows(block_d: int, n_tokens: int, tile_elems: int = 1024) -> int:
-    """Tokens per program: about ``tile_elems`` elements of each source per program, which
-    measured best on an H100 (one token per program from d = 1024 up). The interpreter gets
-    tiny tiles so CPU tests cover several programs and the masked tail."""
-    if INTERPRETED:
-        return 4
-    rows = max(1, tile_elems // block_d)
-    return min(rows, triton.next_power_of_2(max(n_tokens, 1)))
-
-
-def _num_warps(block_t: int, block_d: int, elems_per_warp: int) -> int:
-    """Warps per program. Measured on an H100 with bf16 sources: forward best at ~1024
-    elements a warp (d=4096: 4 warps), backward, which holds more tiles live, at ~512."""
-    return max(2, min(16, block_t * block_d // elems_per_warp))
-
-
 def _flat(blocks: Tensor, partial: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """``blocks`` as ``[n, T, d]`` and ``partial`` as ``[T, d]``, unit stride on channels
     (a view whenever the token dims are contiguous, which is the usual case)."""
@@ -258,8 +233,7 @@ def _check(blocks: Tensor, partial: Tensor | None, query: Tensor, gain: Tensor |
         raise ValueError("depth-attention needs at least one source")
 
 
-@torch.library.custom_op("attnres::depth_attention_fwd", mutates_args=())
-def depth_attention_fwd(
+def forward_impl(
     blocks: Tensor,
     partial: Tensor | None,
     query: Tensor,
@@ -283,7 +257,7 @@ def depth_attention_fwd(
     sigmoid = score == "sigmoid"
     out = runtime.empty((n_tokens, d), device=b.device, dtype=_out_dtype(blocks, partial))
     lse = runtime.empty((0 if sigmoid else n_tokens, heads), device=b.device, dtype=torch.float32)
-    n_src = n_blocks + int(p is not None)
+    n_src = n_blocks + (1 if p is not None else 0)
     logits = runtime.empty((n_src if with_logits else 0, n_tokens, heads), device=b.device, dtype=torch.float32)
     if n_tokens:
         block_d = triton.next_power_of_2(dh)
@@ -301,19 +275,7 @@ def depth_attention_fwd(
     return out.view(blocks.shape[1:]), lse, logits
 
 
-@depth_attention_fwd.register_fake
-def _fwd_fake(blocks, partial, query, gain, score, heads, eps, with_logits):  # type: ignore[no-untyped-def]
-    _check(blocks, partial, query, gain, heads)
-    n_tokens = math.prod(blocks.shape[1:-1])
-    n_src = blocks.shape[0] + int(partial is not None)
-    out = blocks.new_empty(blocks.shape[1:], dtype=_out_dtype(blocks, partial))
-    lse = blocks.new_empty((0 if score == "sigmoid" else n_tokens, heads), dtype=torch.float32)
-    logits = blocks.new_empty((n_src if with_logits else 0, n_tokens, heads), dtype=torch.float32)
-    return out, lse, logits
-
-
-@torch.library.custom_op("attnres::depth_attention_bwd", mutates_args=())
-def depth_attention_bwd(
+def backward_impl(
     grad_out: Tensor,
     blocks: Tensor,
     partial: Tensor | None,
@@ -342,9 +304,7 @@ def depth_attention_bwd(
     block_t = _block_rows(block_d, n_tokens)
     n_tiles = triton.cdiv(n_tokens, block_t)
     warps = _num_warps(block_t, block_d, elems_per_warp=512)
-    # Persistent grid: enough programs to keep ~16 warps resident per multiprocessor.
-    slots = 2 if b.device.type != "cuda" else runtime.multiprocessors(b.device.index or 0) * max(1, 16 // warps)
-    n_progs = max(1, min(n_tiles, math.ceil(slots / heads)))
+    n_progs = runtime.backward_programs(b.device, n_tiles, heads, warps)
     # Launched even for zero tokens: every program writes its (then zero) row of psum.
     psum = runtime.empty((n_progs, heads, dh), device=b.device, dtype=torch.float32)
     _bwd_kernel[(n_progs, heads)](
@@ -371,6 +331,83 @@ def depth_attention_bwd(
     )
 
 
+# --------------------------------------------------------------------- eager: autograd.Function
+class FusedDepthAttention(torch.autograd.Function):
+    """The eager path: the two passes called directly, without the dispatcher."""
+
+    @staticmethod
+    def forward(ctx, blocks, partial, query, gain, score, heads, eps, with_logits):  # type: ignore[no-untyped-def, override]
+        out, lse, logits = forward_impl(blocks, partial, query, gain, score, heads, eps, with_logits)
+        ctx.save_for_backward(blocks, partial, query, gain, out, lse)
+        ctx.score, ctx.heads, ctx.eps = score, heads, eps
+        ctx.mark_non_differentiable(lse, logits)
+        return out, lse, logits
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse, _grad_logits):  # type: ignore[no-untyped-def, override]
+        blocks, partial, query, gain, out, lse = ctx.saved_tensors
+        grads = backward_impl(grad_out, blocks, partial, query, gain, out, lse, ctx.score, ctx.heads, ctx.eps)
+        return _input_grads(grads, partial, gain)
+
+
+def _input_grads(grads, partial, gain):  # type: ignore[no-untyped-def]
+    grad_blocks, grad_partial, grad_query, grad_gain = grads
+    return (
+        grad_blocks,
+        grad_partial if partial is not None else None,
+        grad_query,
+        grad_gain if gain is not None else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+# --------------------------------------------------------------------- torch.compile: custom ops
+@torch.library.custom_op("attnres::depth_attention_fwd", mutates_args=())
+def depth_attention_fwd(
+    blocks: Tensor,
+    partial: Tensor | None,
+    query: Tensor,
+    gain: Tensor | None,
+    score: str,
+    heads: int,
+    eps: float,
+    with_logits: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`forward_impl` as an op that ``torch.compile`` traces through its fake impl."""
+    return forward_impl(blocks, partial, query, gain, score, heads, eps, with_logits)
+
+
+@depth_attention_fwd.register_fake
+def _fwd_fake(blocks, partial, query, gain, score, heads, eps, with_logits):  # type: ignore[no-untyped-def]
+    _check(blocks, partial, query, gain, heads)
+    n_tokens = math.prod(blocks.shape[1:-1])
+    n_src = blocks.shape[0] + (1 if partial is not None else 0)
+    out = blocks.new_empty(blocks.shape[1:], dtype=_out_dtype(blocks, partial))
+    lse = blocks.new_empty((0 if score == "sigmoid" else n_tokens, heads), dtype=torch.float32)
+    logits = blocks.new_empty((n_src if with_logits else 0, n_tokens, heads), dtype=torch.float32)
+    return out, lse, logits
+
+
+@torch.library.custom_op("attnres::depth_attention_bwd", mutates_args=())
+def depth_attention_bwd(
+    grad_out: Tensor,
+    blocks: Tensor,
+    partial: Tensor | None,
+    query: Tensor,
+    gain: Tensor | None,
+    out: Tensor,
+    lse: Tensor,
+    score: str,
+    heads: int,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`backward_impl` as an op (empty tensors stand for absent gradients)."""
+    return backward_impl(grad_out, blocks, partial, query, gain, out, lse, score, heads, eps)
+
+
 @depth_attention_bwd.register_fake
 def _bwd_fake(grad_out, blocks, partial, query, gain, out, lse, score, heads, eps):  # type: ignore[no-untyped-def]
     return (
@@ -391,19 +428,8 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 
 def _backward(ctx, grad_out, _grad_lse, _grad_logits):  # type: ignore[no-untyped-def]
     blocks, partial, query, gain, out, lse = ctx.saved_tensors
-    grad_blocks, grad_partial, grad_query, grad_gain = depth_attention_bwd(
-        grad_out, blocks, partial, query, gain, out, lse, ctx.score, ctx.heads, ctx.eps
-    )
-    return (
-        grad_blocks,
-        grad_partial if partial is not None else None,
-        grad_query,
-        grad_gain if gain is not None else None,
-        None,
-        None,
-        None,
-        None,
-    )
+    grads = depth_attention_bwd(grad_out, blocks, partial, query, gain, out, lse, ctx.score, ctx.heads, ctx.eps)
+    return _input_grads(grads, partial, gain)
 
 
 depth_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -422,14 +448,19 @@ def fused_depth_attention(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Depth-attention over ``[*blocks, partial]`` by the fused kernels (differentiable).
 
-    Same contract as :func:`attnres_search.kernels.reference.depth_attention` with the sources
-    split into ``blocks [n, *tokens, d]`` and ``partial [*tokens, d] | None``, for a learned
-    query ``[d]``. With ``return_weights`` the weights ``[n, *tokens, heads]`` come from logits
-    the forward kernel writes beside its output; they are detached (diagnostics only).
+    Same contract as :func:`.reference.depth_attention` with the sources split into
+    ``blocks [n, *tokens, d]`` and ``partial [*tokens, d] | None``, for a learned query
+    ``[d]``. With ``return_weights`` the weights ``[n, *tokens, heads]`` come from logits the
+    forward kernel writes beside its output; they are detached (diagnostics only). Eager
+    calls take :class:`FusedDepthAttention`; calls being traced by ``torch.compile`` take
+    the custom op.
     """
     if score not in ("softmax", "sigmoid"):
         raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
-    out, lse, logits = depth_attention_fwd(blocks, partial, query, gain, score, heads, eps, return_weights)
+    if torch.compiler.is_compiling():
+        out, lse, logits = depth_attention_fwd(blocks, partial, query, gain, score, heads, eps, return_weights)
+    else:
+        out, lse, logits = FusedDepthAttention.apply(blocks, partial, query, gain, score, heads, eps, return_weights)
     if not return_weights:
         return out
     weights = torch.sigmoid(logits) if score == "sigmoid" else torch.exp(logits - lse.unsqueeze(0))

@@ -1,0 +1,74 @@
+"""The one rule that picks the Triton kernels or the PyTorch reference for a call.
+
+Backends: ``auto`` (default) runs a kernel for CUDA tensors whenever it can take the call
+(:mod:`.runtime` says why not) and the reference otherwise; ``triton`` insists on the kernel
+and raises with the reason when it cannot run (CPU tensors need ``TRITON_INTERPRET=1`` set
+before the kernels are imported); ``reference`` always takes the PyTorch path. Choose with
+the environment variable ``ATTNRES_KERNEL`` or, taking precedence, :func:`set_backend` /
+:func:`use_backend`. Every entry point (one-shot :func:`.attend.attend`, two-phase
+:func:`.two_phase.phase1` / :func:`.two_phase.phase2`) asks :func:`kernel_chosen`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal, get_args
+
+import torch
+
+Backend = Literal["auto", "triton", "reference"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+ENV_VAR = "ATTNRES_KERNEL"
+
+_override: Backend | None = None
+
+
+def _validate(backend: str, where: str) -> Backend:
+    if backend not in BACKENDS:
+        raise ValueError(f"{where} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+def get_backend() -> Backend:
+    """The backend in force: the :func:`set_backend` override, else ``$ATTNRES_KERNEL``,
+    else ``auto``."""
+    if _override is not None:
+        return _override
+    return _validate(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto", ENV_VAR)
+
+
+def set_backend(backend: Backend | None) -> None:
+    """Force a backend for this process; ``None`` goes back to ``$ATTNRES_KERNEL``/auto."""
+    global _override
+    _override = None if backend is None else _validate(backend, "backend")
+
+
+@contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Run a block of code under ``backend``, restoring the previous choice afterwards."""
+    previous = _override
+    set_backend(backend)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def kernel_chosen(device: torch.device, unsupported_reason: Callable[[], str | None], what: str) -> bool:
+    """Whether a call on ``device`` takes the Triton kernel.
+
+    ``unsupported_reason`` (a :mod:`.runtime` check, evaluated only when the backend could
+    pick the kernel) says why the kernel cannot take the call, or ``None``. Under ``triton``
+    a reason is an error naming ``what`` and the reason; under ``auto`` it means the reference.
+    """
+    backend = get_backend()
+    if backend == "reference" or (backend == "auto" and device.type != "cuda"):
+        return False
+    reason = unsupported_reason()
+    if reason is None:
+        return True
+    if backend == "triton":
+        raise RuntimeError(f"{ENV_VAR}/backend is 'triton' but {what} cannot run this call: {reason}")
+    return False

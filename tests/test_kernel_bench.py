@@ -1,0 +1,61 @@
+"""``bench step --json`` and ``bench kernels`` through the CLI at a tiny size: the commands
+run and print what they promise (no timing is asserted: the numbers are whatever they are)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli_runner import cli
+
+TINY = ["--layers", "2", "--width", "16", "--heads", "2", "--seq-len", "8", "--batch-size", "2",
+        "--warmup", "0", "--repeats", "1", "--threads", "1"]  # fmt: skip
+
+
+def test_bench_step_json_rows_and_ratios(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) == {"device", "shape", "warmup", "repeats", "rows", "loops"}
+    assert result["loops"] is None and result["shape"]["width"] == 16
+    rows = {(r["preset"], r["compile"]): r for r in result["rows"]}
+    assert set(rows) == {("baseline", False), ("block-s4", False), ("full", False), ("mhc", False)}
+    base = rows["baseline", False]["ms"]
+    for r in rows.values():
+        assert set(r) == {"preset", "compile", "ms", "vs_baseline", "vs_eager_baseline"}
+        assert r["ms"] > 0 and r["vs_baseline"] == pytest.approx(r["ms"] / base)
+    assert rows["baseline", False]["vs_baseline"] == 1.0
+
+
+def test_compiled_rows_are_compared_with_the_compiled_baseline() -> None:
+    from attnres_search.bench.step import COMPILED, variant_rows
+
+    ms = {"baseline": 10.0, "block-s4": 12.0, "baseline" + COMPILED: 5.0, "block-s4" + COMPILED: 6.0}
+    rows = {(r["preset"], r["compile"]): r for r in variant_rows(ms)}
+    assert rows["block-s4", True]["vs_baseline"] == pytest.approx(1.2)
+    assert rows["block-s4", True]["vs_eager_baseline"] == pytest.approx(0.6)
+    assert rows["block-s4", False]["vs_baseline"] == pytest.approx(1.2)
+    assert rows["baseline", True]["vs_baseline"] == 1.0
+
+
+# Inductor compiles 4 models for --compile: minutes of CPU on a 2-core machine, seconds on a GPU.
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--compile rows are exercised on a GPU (CPU Inductor takes minutes)")
+def test_bench_step_json_with_compile_and_loops(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    args = ["bench", "step", *TINY, "--block", "block-s2", "--compile", "--loop-steps", "3", "--rounds", "1", "--json"]
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    rows = {(r["preset"], r["compile"]): r for r in result["rows"]}
+    assert set(rows) == {(p, c) for p in ("baseline", "block-s2", "full", "mhc") for c in (False, True)}
+    compiled_base = rows["baseline", True]["ms"]
+    for (preset, compiled), r in rows.items():
+        assert r["vs_baseline"] == pytest.approx(r["ms"] / (compiled_base if compiled else rows["baseline", False]["ms"]))
+    assert set(result["loops"]) == {"bare_ms", "lightning_ms", "lightning_vs_bare"}
+
+
+def test_bench_step_bad_input_is_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = cli(["bench", "step", *TINY, "--loop-steps", "3", "--warmup", "5"], monkeypatch, capsys)
+    assert code == 2 and "--loop-steps" in err
