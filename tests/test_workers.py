@@ -112,7 +112,8 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path: Path) -> N
         first_done = lambda: len(completed_per_cell(study)) == 1  # noqa: E731
         _wait_for(first_done, 300, "the first trial to complete", worker)
         _wait_for(lambda: bool(study.get_trials(states=(TrialState.RUNNING,))), 60, "the second trial", worker)
-        checkpoints = lambda: [p for p in (tmp_path / "runs" / "crash").glob("*/checkpoints/last.ckpt")]  # noqa: E731
+        run_folders = tmp_path / "runs" / "crash"
+        checkpoints = lambda: [p for p in run_folders.glob("*/attempt-*/checkpoints/last.ckpt")]  # noqa: E731
         _wait_for(lambda: len(checkpoints()) == 2, 300, "the second trial's checkpoint", worker)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)

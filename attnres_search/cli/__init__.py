@@ -12,6 +12,7 @@ from attnres_search.cli.bench_cmd import bench
 from attnres_search.cli.dashboard_cmd import dashboard
 from attnres_search.cli.demo_cmd import demo
 from attnres_search.cli.errors import run_guarded
+from attnres_search.cli.extend_cmd import extend
 from attnres_search.cli.model_cmd import model
 from attnres_search.cli.report_cmd import report
 from attnres_search.cli.spaces_cmd import spaces
@@ -28,6 +29,7 @@ def cli() -> None:
 
 for command in (train, plot, study, worker, launch, report, spaces, dashboard, demo, model, bench):
     cli.add_command(command)
+study.add_command(extend)
 
 
 def main() -> None:

@@ -15,9 +15,13 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
     """Browse studies, trials, loss curves and stored run attributes in optuna-dashboard."""
     from optuna_dashboard import run_server
 
-    from attnres_search.study.storage import display_url, open_storage, resolve_url
+    from attnres_search.study.artifacts import artifact_dir, artifact_store
+    from attnres_search.study.storage import display_url, open_storage, resolve_url, runs_dir
 
     url = resolve_url(storage)
     opened = open_storage(url, mode="read")  # refuses a missing file or a database that holds no studies
+    store = artifact_store(url, runs_dir(url), create=False)
     click.echo(f"optuna-dashboard for {display_url(url)} at http://{host}:{port}/ (Ctrl-C stops it)", err=True)
-    run_server(opened, host=host, port=port)
+    if store is not None:
+        click.echo(f"serving trial artifacts (run.json, figures) from {artifact_dir(url, runs_dir(url))}", err=True)
+    run_server(opened, host=host, port=port, artifact_store=store)

@@ -13,6 +13,7 @@ from attnres_search.reports.tables import FORMATS
 from attnres_search.study.space import KINDS
 
 if TYPE_CHECKING:
+    from attnres_search.reports.tables import Report
     from attnres_search.study.handle import StudyHandle
 
 
@@ -29,18 +30,26 @@ if TYPE_CHECKING:
               help="Significance level of the verdicts.")
 @click.option("--adjust", type=click.Choice(ADJUSTMENTS), default="holm", show_default=True,
               help="Adjust the p-values for the number of variants compared (Holm), or not; verdicts use it.")
+@click.option("--note", "save_note", is_flag=True,
+              help="Also save the report (Markdown) as the study's note in optuna-dashboard (writes to the storage).")
 @storage_option
 def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: str | None, test: str, alpha: float,
-           adjust: str, storage: str | None) -> None:
+           adjust: str, save_note: bool, storage: str | None) -> None:
     """Report on study NAME: every variant against the baseline over seeds, with the paper's figures."""
     if kind_arg and kind and kind_arg != kind:
         raise click.BadParameter(f"KIND {kind_arg} and --kind {kind} disagree", param_hint="--kind")
-    emit_report(open_handle(name, storage, "read"), kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha,
-                adjust=adjust)
+    handle = open_handle(name, storage, "write" if save_note else "read")
+    built = emit_report(handle, kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha, adjust=adjust)
+    if save_note:
+        from attnres_search.reports.tables import render
+        from attnres_search.study.artifacts import save_report_note
+
+        save_report_note(handle.study, render(built, "markdown"))
+        click.echo(f"saved the report as the note of study {name} (optuna-dashboard shows it)", err=True)
 
 
 def emit_report(handle: "StudyHandle", *, kind: str | None = None, fmt: str = "table",
-                plots: str | None = None, test: str = "t", alpha: float = 0.05, adjust: str = "holm") -> None:
+                plots: str | None = None, test: str = "t", alpha: float = 0.05, adjust: str = "holm") -> "Report":
     """Build, print (stdout) and optionally plot the report of an open study."""
     from attnres_search.reports.build import build_report
     from attnres_search.reports.records import load_records
@@ -64,3 +73,4 @@ def emit_report(handle: "StudyHandle", *, kind: str | None = None, fmt: str = "t
 
         paths = write_plots(built, records, plots)
         click.echo(f"wrote {len(paths)} figure(s) to {plots}", err=True)
+    return built

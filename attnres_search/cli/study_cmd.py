@@ -30,6 +30,12 @@ def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--quiet", "-q", is_flag=True, help="No progress display or summary; errors only.")(func)
 
 
+HEARTBEAT_HELP = ("Seconds between a running trial's heartbeats, stored with the study: every worker uses it "
+                  "[default: $ATTNRES_HEARTBEAT_INTERVAL, else 60].")
+GRACE_HELP = ("Seconds without a heartbeat after which a running trial counts as dead and is re-run, stored with "
+              "the study; at least the interval [default: $ATTNRES_HEARTBEAT_GRACE, else 3 intervals].")
+
+
 def quiet_optuna() -> None:
     """Optuna logs every trial at INFO; our progress display says it better."""
     import optuna
@@ -57,16 +63,24 @@ def study() -> None:
 @storage_option
 @click.option("--n-trials", type=click.IntRange(min=0), default=None,
               help="Run at most this many trials here (0: only create the study, for workers to run).")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=None, metavar="S", help=HEARTBEAT_HELP)
+@click.option("--heartbeat-grace", type=click.IntRange(min=1), default=None, metavar="S", help=GRACE_HELP)
 @quiet_option
-def start(space: str, name: str | None, storage: str | None, n_trials: int | None, quiet: bool) -> None:
-    """Create a study from SPACE (a built-in name, see `spaces list`, or a .yaml file) and run it."""
+def start(space: str, name: str | None, storage: str | None, n_trials: int | None, heartbeat_interval: int | None,
+          heartbeat_grace: int | None, quiet: bool) -> None:
+    """Create a study from SPACE (a built-in name, see `spaces list`, or a .yaml file) and run it.
+
+    The heartbeat interval and grace are the study's: stored now, used by every worker
+    whatever its environment, changed only with `study set`.
+    """
     from attnres_search.study.handle import create_study
     from attnres_search.study.space_file import load_space
     from attnres_search.study.storage import resolve_url
 
     quiet_optuna()
     loaded = load_space(space)  # bad input fails here or in create_study, before the study exists
-    handle = create_study(loaded, loaded.name if name is None else name, resolve_url(storage))
+    handle = create_study(loaded, loaded.name if name is None else name, resolve_url(storage),
+                          heartbeat_interval=heartbeat_interval, heartbeat_grace=heartbeat_grace)
     if not quiet:
         runs = f"{len(loaded.cells())} runs" if loaded.is_grid else f"{loaded.n_trials} trials"
         click.echo(f"study {handle.name} created in {handle.shown_url}: {runs} ({loaded.kind}, {loaded.sampler} "
@@ -85,28 +99,36 @@ def start(space: str, name: str | None, storage: str | None, n_trials: int | Non
 def resume(name: str, storage: str | None, n_trials: int | None, quiet: bool) -> None:
     """Finish study NAME: run its missing cells (failed ones again), leave finished ones alone.
 
-    Trials left RUNNING by a killed process are failed once their heartbeat is older than
-    the grace period ($ATTNRES_HEARTBEAT_GRACE, default 3 minutes) and then re-run here.
+    Interrupted trials (Ctrl-C, SIGTERM, a full disk) are re-run by any worker, from their
+    last checkpoint; trials left RUNNING by a killed process are failed once their
+    heartbeat is older than the study's grace period (`study set --heartbeat-grace`) and
+    then re-run here. Unlike `worker` and `launch`, resume also re-runs failed runs.
     """
     quiet_optuna()
     run_and_summarize(open_handle(name, storage, "write"), n_trials=n_trials, quiet=quiet, requeue_failed=True)
 
 
 def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, requeue_failed: bool = False,
-                      devices_per_trial: int = 1) -> None:
+                      devices_per_trial: int = 1, runner: Callable[..., Any] | None = None) -> None:
     """Run a worker on ``handle`` with the rich display (or, quiet, failure lines only);
-    exit 1 when trials failed."""
+    exit 1 when trials failed. ``runner``: see :func:`attnres_search.study.worker.run_worker`."""
     from attnres_search.cli.study_progress import FailureLines, RichStudyProgress
-    from attnres_search.study.worker import run_worker
+    from attnres_search.study.worker import DiskFull, run_worker
 
-    kwargs = dict(n_trials=n_trials, requeue_failed=requeue_failed, devices_per_trial=devices_per_trial)
-    if quiet:
-        summary = run_worker(handle, progress=FailureLines(), **kwargs)
-    else:
-        with RichStudyProgress(handle) as progress:
-            summary = run_worker(handle, progress=progress, **kwargs)
+    kwargs = dict(n_trials=n_trials, requeue_failed=requeue_failed, devices_per_trial=devices_per_trial,
+                  runner=runner)
+    try:
+        if quiet:
+            summary = run_worker(handle, progress=FailureLines(), **kwargs)
+        else:
+            with RichStudyProgress(handle) as progress:
+                summary = run_worker(handle, progress=progress, **kwargs)
+    except DiskFull as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        taken = f", {summary.taken} taken over by another worker" if summary.taken else ""
         click.echo(f"study {handle.name}: ran {summary.ran} trial(s) here ({summary.completed} complete, "
-                   f"{summary.failed} failed, {summary.pruned} pruned, {summary.skipped} duplicate(s) skipped); "
+                   f"{summary.failed} failed, {summary.pruned} pruned, {summary.skipped} duplicate(s) skipped{taken}); "
                    f"{summary.missing} run(s) still missing", err=True)
     if summary.failed:
         raise click.ClickException(f"{summary.failed} trial(s) failed (reasons above, tracebacks in "
@@ -165,6 +187,8 @@ def status(name: str, storage: str | None) -> None:
     eta_text = str(datetime.timedelta(seconds=round(eta))) if eta is not None else "unknown until a trial finishes"
     console = stdout_console()
     console.print(f"[bold]study {name}[/] (space {space.name}, {space.kind}, {space.sampler} sampler)")
+    console.print(f"heartbeat every {handle.heartbeat_interval_s} s, stale after {handle.grace_s:.0f} s "
+                  f"(`study set {name}` changes them)")
     console.print(f"done {st.done}/{st.total if st.total is not None else '?'}   running {st.running}   "
                   f"waiting {st.waiting}   failed {st.failed}   duplicates skipped {st.skipped}")
     if st.remaining == 0:
@@ -190,6 +214,7 @@ def status(name: str, storage: str | None) -> None:
             state = "[red]stale: worker presumably dead; the next worker re-queues it[/]" if r.stale else "alive"
             beats.add_row(str(r.number), cell_label(trial_params(trials[r.number])), age, state)
         console.print(beats)
+    _print_slurm_trials(handle, console)
     failures = failed_trials(handle)
     if failures:
         failed = Table(title="Failed trials (why)", title_justify="left")
@@ -198,6 +223,46 @@ def status(name: str, storage: str | None) -> None:
         for f in failures:
             failed.add_row(str(f.number), f.run, f.reason, f.log or "—")
         console.print(failed)
+
+
+def _print_slurm_trials(handle: "StudyHandle", console: Any) -> None:
+    """Which Slurm job / array task ran each trial (``+R``: after R requeues); nothing for
+    a study that never ran under Slurm."""
+    from rich.table import Table
+
+    from attnres_search.study.slurm import slurm_trials
+
+    rows = slurm_trials(handle)
+    if not rows:
+        return
+    table = Table(title="Slurm array tasks (job_task, +requeues)", title_justify="left")
+    for col in ("trial", "run", "state", "slurm job"):
+        table.add_column(col, justify="right" if col == "trial" else "left")
+    for r in rows:
+        table.add_row(str(r.number), r.run, r.state, r.slurm_job)
+    console.print(table)
+
+
+@study.command(name="set")
+@click.argument("name")
+@storage_option
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=None, metavar="S",
+              help="Seconds between a running trial's heartbeats.")
+@click.option("--heartbeat-grace", type=click.IntRange(min=1), default=None, metavar="S",
+              help="Seconds without a heartbeat after which a running trial counts as dead (at least the interval).")
+def set_options(name: str, storage: str | None, heartbeat_interval: int | None, heartbeat_grace: int | None) -> None:
+    """Change study NAME's heartbeat settings; every worker uses them from its next trial on.
+
+    A grace not given is kept (or, if it would fall below the new interval, becomes three
+    intervals). With no option, prints the current settings.
+    """
+    from attnres_search.study.handle import set_heartbeat
+
+    handle = open_handle(name, storage, "read" if heartbeat_interval is None and heartbeat_grace is None else "write")
+    if heartbeat_interval is not None or heartbeat_grace is not None:
+        set_heartbeat(handle, heartbeat_interval, heartbeat_grace)
+    click.echo(f"study {name}: heartbeat every {handle.heartbeat_interval_s} s, a running trial is stale after "
+               f"{handle.grace_s:.0f} s without one")
 
 
 @study.command()

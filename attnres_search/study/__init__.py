@@ -11,6 +11,8 @@
   study + space + storage) that the CLI opens once and passes down; create, open, delete.
 - ``attrs``: the names of the study's and trials' stored attributes.
 - ``objective``: one trial = one training run; ``callbacks``: its Lightning callbacks.
+- ``attempts``: one run folder per trial attempt, keyed by study and config; checkpoints
+  handed on to a retry by copy, corrupt ones moved aside.
 - ``worker``: the loop that claims and runs trials, with Ctrl-C handling.
 - ``heartbeats``: running trials' heartbeat ages; trials that never beat.
 - ``trial_logs``: each trial's log file, where Optuna's tracebacks go.

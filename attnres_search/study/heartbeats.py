@@ -85,3 +85,17 @@ def fail_trials_without_heartbeat(handle: "StudyHandle") -> list[int]:
             callback(handle.study, storage.get_trial(trial.trial_id))
         failed.append(trial.number)
     return failed
+
+
+def fail_stale_trials(handle: "StudyHandle") -> None:
+    """Fail and re-queue every trial whose worker is presumably dead, by the study's own
+    grace period: those whose heartbeat is stale (Optuna's public check) and those that
+    never beat (:func:`fail_trials_without_heartbeat`)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(handle.study)
+    fail_trials_without_heartbeat(handle)

@@ -87,6 +87,7 @@ class Space:
     variants: tuple[Variant, ...]
     baseline: str
     seeds: tuple[int, ...]
+    extra_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # cell label (no seed) -> more seeds
     axes: tuple[Axis, ...] = ()
     sizes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # label -> level -> fields
     shapes: Shapes | None = None
@@ -119,11 +120,28 @@ class Space:
         out["seed"] = self.seeds
         return out
 
-    def cells(self) -> list[dict[str, Any]]:
-        """Every cell x seed of a grid space, as trial parameters."""
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed some cell runs: ``seeds`` plus the cells' extra seeds."""
+        extra = {s for seeds in self.extra_seeds.values() for s in seeds}
+        return self.seeds + tuple(sorted(extra - set(self.seeds)))
+
+    def base_cells(self) -> list[dict[str, Any]]:
+        """Every cell x seed of the space's common seeds (no extra seeds)."""
         if not self.is_grid:
             raise ValueError(f"space {self.name} samples with {self.sampler}: it has no fixed list of cells")
         return cells_.expand(self.choices())
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every cell x seed of a grid space, as trial parameters: each cell once per seed
+        and once per extra seed ``study extend`` gave it."""
+        cells = self.base_cells()
+        if not self.extra_seeds:
+            return cells
+        out = list(cells)
+        for params in cells_.distinct_runs(cells):
+            label = cells_.cell_label(params, seed=False)
+            out += [{**params, "seed": seed} for seed in self.extra_seeds.get(label, ())]
+        return out
 
     def representative_cells(self) -> list[dict[str, Any]]:
         """Cells that together exercise every value the space can give a run: every grid

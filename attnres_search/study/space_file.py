@@ -61,7 +61,7 @@ from attnres_search.study.space import KINDS, RESERVED_PARAMS, SAMPLERS, Axis, S
 from attnres_search.training.config import RunConfig
 from attnres_search.units import parse_count
 
-TOP_KEYS = ("name", "description", "kind", "model", "train", "variants", "baseline", "seeds", "axes",
+TOP_KEYS = ("name", "description", "kind", "model", "train", "variants", "baseline", "seeds", "extra_seeds", "axes",
             "sizes", "shapes", "budget", "sampler", "n_trials", "pruner")
 # Fields the study owns: a space may not set them.
 _MANAGED_RUN_FIELDS = ("model", "seed", "out_dir", "resume")
@@ -154,8 +154,12 @@ def space_from_dict(data: Any, *, default_name: str = "space") -> Space:
     seeds = _seeds(data.get("seeds", 1))
     if sampler != "grid" and len(seeds) != 1:
         raise ValueError(f"seeds: a {sampler} space runs one seed per sampled point; give one seed")
+    extra_seeds = _extra_seeds(data.get("extra_seeds", {}), seeds)
+    if extra_seeds and sampler != "grid":
+        raise ValueError("extra_seeds: only grid spaces run cells over seeds")
     space = Space(name=name, kind=kind, description=_typed(data.get("description", ""), str, "description"),
-                  model=model, train=train, variants=variants, baseline=baseline, seeds=seeds, axes=axes,
+                  model=model, train=train, variants=variants, baseline=baseline, seeds=seeds,
+                  extra_seeds=extra_seeds, axes=axes,
                   sizes=sizes, shapes=shapes, budget_flops=budget, sampler=sampler, n_trials=n_trials,
                   pruner=_pruner(data.get("pruner", "none")), source=dict(data, name=name))
     _check_structure(space)
@@ -165,6 +169,11 @@ def space_from_dict(data: Any, *, default_name: str = "space") -> Space:
 def _check_structure(space: Space) -> None:
     """Build every run up front: a block size that does not divide the depth, or a width the
     heads do not divide, is reported now with the cell that has it."""
+    if space.extra_seeds:
+        labels = {cell_label(p, seed=False) for p in distinct_runs(space.base_cells())}
+        unknown = sorted(set(space.extra_seeds) - labels)
+        if unknown:
+            raise ValueError(f"extra_seeds: no cell {unknown[0]!r}; cells: {', '.join(sorted(labels))}")
     for params in distinct_runs(space.representative_cells()):
         try:
             space.run_config(params)
@@ -287,6 +296,22 @@ def _seeds(data: Any) -> tuple[int, ...]:
             and all(isinstance(s, int) and not isinstance(s, bool) for s in data)):
         return tuple(data)
     raise ValueError(f"seeds must be a positive count or a list of distinct integers, got {data!r}")
+
+
+def _extra_seeds(data: Any, seeds: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """``{cell label without the seed: [seeds]}``: seeds some cells run beyond ``seeds``
+    (what ``study extend --inconclusive`` adds). Labels are checked against the cells later."""
+    if not isinstance(data, dict):
+        raise ValueError(f"extra_seeds must map cell labels (e.g. 'variant=full') to lists of seeds, got {data!r}")
+    out: dict[str, tuple[int, ...]] = {}
+    for label, values in data.items():
+        extra = _seeds(values) if isinstance(values, list) else None
+        if not isinstance(label, str) or extra is None:
+            raise ValueError(f"extra_seeds: {label!r} must map to a list of distinct integer seeds, got {values!r}")
+        if set(extra) & set(seeds):
+            raise ValueError(f"extra_seeds: {label!r} repeats seeds every cell already runs")
+        out[label] = extra
+    return out
 
 
 def _axes(data: Any) -> tuple[Axis, ...]:

@@ -4,6 +4,13 @@ The same rule serves ``study status``, ``study list``, the progress displays, th
 progress note and the worker's stop rule, so they never disagree. A failed trial whose
 run was completed afterwards, by Optuna's retry of a stale trial or by ``study resume``,
 is *superseded*: it is history, not a failure anyone needs to act on.
+
+What is left to run (:func:`left_to_run`) is one rule too, used by ``worker``, ``launch``
+and ``study resume`` alike: a cell with no finished trial and no waiting or running one
+(trials of dead workers are failed first, so "running" means a fresh heartbeat). A cell
+whose trial failed through no fault of its run (interrupted, disk full, its worker died)
+is left to run for every worker; one whose run itself failed (diverged, out of memory)
+only for ``study resume``, which is the explicit "try the failures again".
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from attnres_search.study.attrs import ATTR_CELL, ATTR_ERROR, ATTR_LOG, ATTR_SKIPPED
+from attnres_search.study.attrs import ATTR_CELL, ATTR_ERROR, ATTR_LOG, ATTR_RETRY, ATTR_SKIPPED
 from attnres_search.study.cells import cell_key, cell_label
 
 if TYPE_CHECKING:
@@ -63,6 +70,31 @@ def counts_as_done(trial: "optuna.trial.FrozenTrial") -> bool:
 
     return trial.state == TrialState.COMPLETE or (trial.state == TrialState.PRUNED
                                                   and ATTR_SKIPPED not in trial.user_attrs)
+
+
+def failed_by_its_run(trial: "optuna.trial.FrozenTrial") -> bool:
+    """A FAIL whose run itself failed (a stored reason, not marked for retry): only
+    ``study resume`` runs such a cell again. Interrupted, disk-full and dead-worker trials
+    are not."""
+    from optuna.trial import TrialState
+
+    return (trial.state == TrialState.FAIL and bool(trial.user_attrs.get(ATTR_ERROR))
+            and not trial.user_attrs.get(ATTR_RETRY))
+
+
+def left_to_run(handle: "StudyHandle", *, include_failed: bool = False) -> list[dict[str, Any]]:
+    """Grid cells x seeds with no finished trial and no waiting or running one; cells whose
+    run failed only with ``include_failed``. Call after failing stale trials (see
+    :meth:`~attnres_search.study.handle.StudyHandle.enqueue_missing`)."""
+    from optuna.trial import TrialState
+
+    if not handle.space.is_grid:
+        return []
+    trials = handle.trials()
+    taken = {trial_cell(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING) or counts_as_done(t)}
+    run_failed = {trial_cell(t) for t in trials if failed_by_its_run(t)}
+    return [params for params in handle.space.cells()
+            if cell_key(params) not in taken and (include_failed or cell_key(params) not in run_failed)]
 
 
 def trial_cell(trial: "optuna.trial.FrozenTrial") -> str | None:
@@ -124,7 +156,8 @@ def study_status(handle: "StudyHandle") -> CellStatus:
         done = len(done_cells & cells)
     else:
         superseded = superseded_failures(trials)
-        failed = sum(t.state == TrialState.FAIL and t.number not in superseded for t in trials)
+        failed = sum(t.state == TrialState.FAIL and t.number not in superseded and not t.user_attrs.get(ATTR_RETRY)
+                     for t in trials)
         total, done = space.n_trials, len(done_trials)
     return CellStatus(total=total, done=done, running=states[TrialState.RUNNING], waiting=states[TrialState.WAITING],
                       failed=failed, skipped=skipped,
@@ -138,7 +171,7 @@ def failed_trials(handle: "StudyHandle") -> list[FailedTrial]:
 
     trials = handle.trials()
     superseded = superseded_failures(trials)
-    return [FailedTrial(t.number, cell_label(trial_params(t)), t.user_attrs.get(ATTR_ERROR, NO_REASON),
+    return [FailedTrial(t.number, cell_label(trial_params(t)), t.user_attrs.get(ATTR_ERROR) or NO_REASON,
                         t.user_attrs.get(ATTR_LOG))
             for t in trials if t.state == TrialState.FAIL and t.number not in superseded]
 

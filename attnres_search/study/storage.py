@@ -19,8 +19,11 @@ storage" (bad input), and it is left exactly as it was (no tables, no WAL switch
 
 Every storage records heartbeats while a trial runs: a trial whose process died stops
 beating, is failed after the grace period by the next worker that looks, and is re-queued
-by ``RetryHeartbeatStaleTrialCallback``. ``$ATTNRES_HEARTBEAT_INTERVAL`` /
-``$ATTNRES_HEARTBEAT_GRACE`` (seconds) tune that.
+by ``RetryHeartbeatStaleTrialCallback``. The interval and grace belong to each *study*
+(stored with it at creation, see :func:`heartbeat_settings`, changed only by
+``study set``): workers with different settings would otherwise fail each other's
+healthy trials. The storage is opened with the defaults and the study's values are
+applied to it when the study is opened (:func:`apply_heartbeat`).
 
 A URL that cannot be opened is a one-line :class:`~attnres_search.errors.BadInput`; in-memory
 SQLite is refused, since a study there vanishes with the process.
@@ -94,10 +97,32 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)  # type: ignore[arg-type]
 
 
-def heartbeat_settings() -> tuple[int, int]:
-    """(interval, grace) in seconds from the environment; grace defaults to 3 intervals."""
-    interval = _positive_int_env(ENV_HEARTBEAT, DEFAULT_HEARTBEAT_S)
-    return interval, _positive_int_env(ENV_GRACE, 3 * interval)
+def heartbeat_settings(interval: int | None = None, grace: int | None = None) -> tuple[int, int]:
+    """(interval, grace) in seconds for a *new* study: the explicit values, else
+    ``$ATTNRES_HEARTBEAT_INTERVAL`` / ``$ATTNRES_HEARTBEAT_GRACE``, else 60 s and three
+    intervals. Only study creation reads the environment; an existing study keeps what it stored."""
+    if interval is None:
+        interval = _positive_int_env(ENV_HEARTBEAT, DEFAULT_HEARTBEAT_S)
+    if grace is None:
+        grace = _positive_int_env(ENV_GRACE, 3 * interval)
+    return check_heartbeat(interval, grace)
+
+
+def check_heartbeat(interval: int, grace: int) -> tuple[int, int]:
+    """A grace period shorter than one heartbeat interval would make live trials look dead."""
+    if interval < 1 or grace < 1:
+        raise BadInput(f"heartbeat interval and grace must be positive seconds, got {interval} and {grace}")
+    if grace < interval:
+        raise BadInput(f"heartbeat grace ({grace} s) must be at least the heartbeat interval ({interval} s), "
+                       "or running trials would be failed between two beats")
+    return interval, grace
+
+
+def apply_heartbeat(storage: "optuna.storages.RDBStorage", interval: int, grace: int) -> None:
+    """Make ``storage`` beat every ``interval`` seconds and count trials silent for ``grace``
+    seconds as stale (``RDBStorage``'s public ``heartbeat_interval`` / ``grace_period``)."""
+    storage.heartbeat_interval = int(interval)
+    storage.grace_period = int(grace)
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -137,7 +162,7 @@ def open_storage(url: str | None = None, *, mode: Mode) -> "optuna.storages.RDBS
         # isolation_level=None: pysqlite stops issuing its own deferred BEGINs (which leave
         # SELECTs outside the transaction); _begin_transactions issues ours.
         engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "isolation_level": None}
-    interval, grace = heartbeat_settings()
+    interval, grace = DEFAULT_HEARTBEAT_S, 3 * DEFAULT_HEARTBEAT_S  # the study's own values replace these
     try:
         if mode != "create":
             _require_study_tables(url, engine_kwargs, shown)

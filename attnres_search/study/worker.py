@@ -8,6 +8,14 @@ trials still run: they either finish or stop sending heartbeats, are failed afte
 grace period and re-queued by the storage's retry callback, and a worker picks them up.
 Sampled (TPE/random) spaces are simpler: workers ask the sampler until the study holds
 ``n_trials`` finished trials.
+
+Every worker starts by queueing what is left to run (one rule for ``worker``, ``launch``
+and ``study resume``, see :func:`attnres_search.study.status.left_to_run`), and uses the
+study's own heartbeat settings, re-read before each trial. A trial stopped by Ctrl-C or
+SIGTERM is failed with its reason and re-queued at once (Optuna's public retry callback,
+which links the retry to it), so the next worker continues it from its checkpoint. A full
+disk does the same and stops the worker with a "disk full" :class:`DiskFull`. A trial
+another worker failed as stale while it ran here is let go: its result stays in its log.
 """
 
 from __future__ import annotations
@@ -16,16 +24,18 @@ import contextlib
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from attnres_search.study.attrs import ATTR_ERROR, ATTR_LOG, ATTR_SKIPPED
+from attnres_search.study.attrs import ATTR_ERROR, ATTR_LOG, ATTR_RETRY, ATTR_SKIPPED
 from attnres_search.study.cells import cell_label
-from attnres_search.study.heartbeats import fail_trials_without_heartbeat
-from attnres_search.study.objective import Runner, StudyProgress, make_objective
+from attnres_search.study.heartbeats import fail_stale_trials
+from attnres_search.study.objective import (DiskFull, Runner, StudyProgress, TrialObjective, disk_full_reason,
+                                            make_objective, stored_state, taken_note)
 from attnres_search.study.status import NO_REASON, FailedTrial, trial_params
-from attnres_search.study.trial_logs import TrialLogRouter, route_optuna_logs, trial_log_path
+from attnres_search.study.trial_logs import TrialLogRouter, route_optuna_logs, trial_log_path, write_trial_log
+
+__all__ = ["DiskFull", "WorkerInterrupts", "WorkerSummary", "run_worker"]
 
 if TYPE_CHECKING:
     import optuna
@@ -42,6 +52,8 @@ class WorkerSummary:
     failed: int = 0
     pruned: int = 0
     skipped: int = 0
+    interrupted: int = 0  # stopped by Ctrl-C / SIGTERM / a full disk, and re-queued
+    taken: int = 0  # failed as stale by another worker while running here (result in the trial's log)
     missing: int = 0  # grid cells x seeds with no finished trial when the worker stopped
 
 
@@ -53,14 +65,15 @@ def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: 
     ``devices_per_trial > 1`` runs each trial with Lightning DDP on that many devices; this
     process stays the only one that talks to Optuna (see :mod:`attnres_search.training.ddp`).
     Safe to run in many processes and on many machines at once against one storage.
-    ``requeue_failed`` (``study resume``) first re-queues cells whose trials all failed.
-    ``runner`` defaults to :func:`attnres_search.training.run`; tests inject a fake.
-    Ctrl-C stops at the next safe point and raises ``KeyboardInterrupt`` afterwards.
+    It first queues what is left to run; ``requeue_failed`` (``study resume``) includes
+    the cells whose runs failed. ``runner`` defaults to :func:`attnres_search.training.run`;
+    tests inject a fake. Ctrl-C stops at the next safe point and raises ``KeyboardInterrupt``
+    afterwards; SIGTERM raises ``SystemExit(143)``; a full disk raises :class:`DiskFull`.
     """
     if runner is None:
         from attnres_search.training.run import run as runner
-    if requeue_failed:
-        handle.enqueue_missing()
+    handle.sync_heartbeat()
+    handle.enqueue_missing(include_failed=requeue_failed)
     with WorkerInterrupts() as interrupts, route_optuna_logs() as logs:
         objective = make_objective(handle, runner, progress=progress, devices_per_trial=devices_per_trial,
                                    interrupts=interrupts, logs=logs)
@@ -70,19 +83,15 @@ def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: 
     return summary
 
 
-def _work(handle: "StudyHandle", objective: Callable[["optuna.Trial"], float], interrupts: "WorkerInterrupts",
+def _work(handle: "StudyHandle", objective: TrialObjective, interrupts: "WorkerInterrupts",
           logs: TrialLogRouter, *, n_trials: int | None, progress: StudyProgress | None,
           poll_s: float) -> WorkerSummary:
     """The worker loop proper: claim a trial, run it, until nothing is left or Ctrl-C."""
-    import optuna
-
     space, study = handle.space, handle.study
     summary = WorkerSummary()
     while (n_trials is None or summary.ran < n_trials) and not interrupts.requested:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL -> re-queued
-        fail_trials_without_heartbeat(handle)
+        handle.sync_heartbeat()  # `study set` may have changed them
+        fail_stale_trials(handle)  # dead workers' trials -> FAIL -> re-queued
         status = handle.status()
         if status.waiting == 0:
             if not space.is_grid:
@@ -95,18 +104,99 @@ def _work(handle: "StudyHandle", objective: Callable[["optuna.Trial"], float], i
                     progress.waiting(status.running)
                 time.sleep(poll_s)
                 continue
+        objective.forget()  # `last` must describe this iteration's trial, or none
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,),
                            callbacks=[lambda _study, trial: _tally(handle, summary, trial, progress)])
+        except KeyboardInterrupt:
+            # Optuna failed the trial (the objective stored why); queue it again and stop.
+            _requeue(handle, objective.last.number)
+            interrupts.requested = True
+            break
         except SystemExit as exc:
-            # Lightning turns SIGTERM (a preemption) into SystemExit(None), i.e. exit status 0.
-            # Leave with 128 + SIGTERM instead; the trial stays RUNNING, stops beating, and is
-            # re-run by the next worker once its grace period is over.
+            # SIGTERM outside the objective (which turns it into a failed, re-queued trial):
+            # leave with 128 + SIGTERM, never 0; a trial left RUNNING goes stale and is re-run.
             raise SystemExit(143 if exc.code in (None, 0) else exc.code) from exc
+        except Exception as exc:
+            if _let_go_if_taken(handle, objective):
+                summary.taken += 1
+                continue
+            reason = disk_full_reason(exc)
+            if reason is None:
+                raise
+            raise DiskFull(_storage_full_message(handle, objective, reason)) from None
         finally:
             logs.end_trial()
+        last = objective.last
+        if last.sigterm:
+            _requeue(handle, last.number)
+            raise SystemExit(143)
+        if last.disk_full is not None:
+            _requeue(handle, last.number)
+            raise DiskFull(f"{last.disk_full}; trial {last.number} was stopped and re-queued: free space for "
+                           f"the runs in {handle.runs_dir} (and the storage), then start the worker again")
     summary.missing = handle.status().remaining or 0
     return summary
+
+
+def _requeue(handle: "StudyHandle", number: int | None) -> None:
+    """Queue a retry of trial ``number`` if it failed (Optuna's retry callback links the
+    retry to it, so its checkpoint and its history carry over); a trial left RUNNING is
+    failed first. Best effort: a storage that refuses writes leaves it to the stale check."""
+    if number is None:
+        return
+    from optuna.trial import TrialState
+
+    storage = handle.storage
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(handle.name),
+                                                                   number)
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(handle.study, storage.get_trial(trial_id))
+    except Exception:  # noqa: BLE001 - a full disk; the trial then goes stale and is retried
+        pass
+
+
+def _let_go_if_taken(handle: "StudyHandle", objective: TrialObjective) -> bool:
+    """True when Optuna could not record the trial because another worker had failed it
+    as stale meanwhile; the result this worker measured goes to the trial's log."""
+    last = objective.last
+    if last.number is None:
+        return False
+    try:
+        finished = stored_state(handle, last.number).is_finished()
+    except Exception:  # noqa: BLE001 - the storage cannot say: not a taken trial
+        return False
+    if not finished:
+        return False
+    if not last.taken:
+        write_trial_log(last.log_path, taken_note(handle, last.number, last.result))
+    return True
+
+
+def _storage_full_message(handle: "StudyHandle", objective: TrialObjective, reason: str) -> str:
+    """The worker's message when the storage could not be written for a full disk; the
+    reason is stored on the trial if the storage still takes that write."""
+    number = objective.last.number
+    stored = False
+    if number is not None:
+        try:
+            storage = handle.storage
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(handle.name), number)
+            storage.set_trial_user_attr(trial_id, ATTR_ERROR, reason)
+            storage.set_trial_user_attr(trial_id, ATTR_RETRY, reason)
+            stored = True
+        except Exception:  # noqa: BLE001 - the disk is full: expected
+            pass
+        _requeue(handle, number)
+    where = f"trial {number}" if number is not None else "the study"
+    kept = "its reason is stored" if stored else "the storage could not record it: it is re-run once stale"
+    return (f"{reason} (writing to the storage {handle.shown_url}); {where} stopped, {kept}; free space "
+            "and start the worker again")
 
 
 class WorkerInterrupts:
@@ -155,6 +245,9 @@ def _tally(handle: "StudyHandle", summary: WorkerSummary, trial: "optuna.trial.F
         summary.skipped += 1
         return
     summary.ran += 1
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(ATTR_RETRY):
+        summary.interrupted += 1  # re-queued by the worker right after; not the run's failure
+        return
     if trial.state == TrialState.COMPLETE:
         summary.completed += 1
     elif trial.state == TrialState.PRUNED:
@@ -166,5 +259,5 @@ def _tally(handle: "StudyHandle", summary: WorkerSummary, trial: "optuna.trial.F
     if trial.state == TrialState.FAIL:
         log = trial.user_attrs.get(ATTR_LOG) or str(trial_log_path(handle.logs_dir, trial.number))
         progress.trial_failed(FailedTrial(trial.number, cell_label(trial_params(trial)),
-                                          trial.user_attrs.get(ATTR_ERROR, NO_REASON), log))
+                                          trial.user_attrs.get(ATTR_ERROR) or NO_REASON, log))
     progress.trial_finished(trial.number, trial.state.name.lower(), trial.value)

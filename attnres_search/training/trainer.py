@@ -66,9 +66,11 @@ def build_trainer(cfg: RunConfig, steps: int, callbacks: Sequence[L.Callback]) -
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="nccl" if on_gpu(cfg) else "gloo")
+    nodes = _srun_nodes(cfg)
     return L.Trainer(
         accelerator=cfg.accelerator,
-        devices=cfg.devices,
+        devices=cfg.devices // nodes,
+        num_nodes=nodes,
         strategy=strategy,
         precision=precision(cfg),  # type: ignore[arg-type]
         max_steps=steps,
@@ -86,6 +88,15 @@ def build_trainer(cfg: RunConfig, steps: int, callbacks: Sequence[L.Callback]) -
         default_root_dir=cfg.out_dir,
         callbacks=all_callbacks,
     )
+
+
+def _srun_nodes(cfg: RunConfig) -> int:
+    """Nodes of a multi-device run whose ranks ``srun`` started over several nodes (``launch
+    --slurm``): Lightning takes devices per node and the node count, which Slurm's step gives."""
+    nodes = int(os.environ.get("SLURM_NNODES") or 1)
+    if cfg.devices > 1 and nodes > 1 and os.environ.get("WORLD_SIZE") == str(cfg.devices) and cfg.devices % nodes == 0:
+        return nodes
+    return 1
 
 
 @contextlib.contextmanager
