@@ -20,7 +20,9 @@ Score = Literal["softmax", "sigmoid"]
 DEFAULT_EPS = 1e-6
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics and mixing weights in fp32 (fp64 for a fp64 model): bf16 logits and
+    norms lose the small differences between sources that the weights depend on."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -44,7 +46,7 @@ def depth_logits(
     if d % heads:
         raise ValueError(f"heads={heads} does not divide the width d={d}")
     dh = d // heads
-    ct = _compute_dtype(sources.dtype)
+    ct = compute_dtype(sources.dtype)
     v = sources.to(ct)
     # w . (g * V / rms(V)) = ((w * g) . V) / rms(V): folding the gain into the query turns the
     # logits into one matrix-vector product, and the statistics into one norm, so the sources

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .backend import kernel_chosen
-from .reference import DEFAULT_EPS, Score, depth_logits
+from .reference import DEFAULT_EPS, Score, compute_dtype, depth_logits
 from .runtime import KERNEL_DTYPES, two_phase_unsupported_reason, unavailable_reason
 
 
@@ -84,10 +84,6 @@ class Phase1:
         return self.out.shape[0]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _check_layout(blocks: Tensor, queries: Tensor, gains: Tensor | None, score: str, heads: int) -> None:
     d = blocks.shape[-1]
     if blocks.shape[0] < 1:
@@ -106,7 +102,7 @@ def _phase1_torch(
     blocks: Tensor, queries: Tensor, gains: Tensor | None, score: str, heads: int, eps: float
 ) -> tuple[Tensor, Tensor | None]:
     """Phase 1 as one batched contraction; plain autograd gives its exact backward."""
-    ct = _compute_dtype(blocks.dtype)
+    ct = compute_dtype(blocks.dtype)
     n_q, d = queries.shape
     dh = d // heads
     v = blocks.to(ct).unflatten(-1, (heads, dh))  # [N, *tok, H, dh]

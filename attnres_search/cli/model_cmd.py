@@ -6,6 +6,7 @@ import click
 
 from attnres_search.cli.errors import BadInput
 from attnres_search.cli.options import preset_option
+from attnres_search.cli.terminal import stdout_console
 
 
 @click.group()
@@ -31,4 +32,4 @@ def describe(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: in
                           seq_len=seq_len, residual=get_preset(preset))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    print_description(cfg, preset)
+    print_description(cfg, preset, stdout_console())

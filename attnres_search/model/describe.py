@@ -6,7 +6,7 @@ so describing a billion-layer model answers at once instead of allocating it.
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
@@ -64,7 +64,5 @@ def describe_table(cfg: ModelConfig, name: str) -> Group:
     return Group(Panel(summary, title=f"model {name}", expand=False), layers)
 
 
-def print_description(cfg: ModelConfig, name: str, console=None) -> None:  # noqa: ANN001 - a rich Console
-    from rich.console import Console
-
-    (console or Console()).print(describe_table(cfg, name))
+def print_description(cfg: ModelConfig, name: str, console: "Console") -> None:
+    console.print(describe_table(cfg, name))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from attnres_search.kernels.attend import attend
-from attnres_search.kernels.reference import DEFAULT_EPS, mix_sources
+from attnres_search.kernels.reference import DEFAULT_EPS, compute_dtype, mix_sources
 from attnres_search.kernels.two_phase import Phase1, phase1, phase2, two_phase_supported
 from attnres_search.model.layers import rms_normalize
 from attnres_search.residual.base import (ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_choice,
@@ -222,7 +222,7 @@ class AttnResRule(ResidualRule):
 
         if self.cfg.mixing == "input_independent":
             logits = self.static_logits[str(i)] if str(i) in self.static_logits else blocks.new_zeros(1)
-            weights = torch.softmax(logits.to(torch.float64 if blocks.dtype == torch.float64 else torch.float32), 0)
+            weights = torch.softmax(logits.to(compute_dtype(blocks.dtype)), 0)
             out = mix_sources(blocks, weights.view((-1,) + (1,) * (blocks.dim() - 1)), partial)
             if self.record:
                 self._record(weights.view(-1, 1))

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from attnres_search.kernels.reference import compute_dtype
 from attnres_search.model.layers import rms_normalize
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
@@ -87,7 +88,7 @@ def sinkhorn(logits: Tensor, iters: int) -> Tensor:
     cancels the shift, so the iterates equal those of the log-space algorithm; ends on a
     row normalisation so rows are exact.
     """
-    x = logits if logits.dtype == torch.float64 else logits.float()
+    x = logits.to(compute_dtype(logits.dtype))
     batch = x.shape[:-2]
     x = x.reshape(-1, *x.shape[-2:]).permute(1, 2, 0).contiguous()  # [m_i, m_j, tokens]
     m = _SinkhornTokensLast.apply(x, iters)
@@ -137,7 +138,7 @@ class MHCRule(ResidualRule):
         """(H_pre [..., m], H_post [..., m], H_res [..., m, m]) for sublayer i, per token,
         from streams ``[..., m, d]``; in fp32 (float64 for a float64 model)."""
         m = self.m
-        ct = torch.float64 if streams.dtype == torch.float64 else torch.float32
+        ct = compute_dtype(streams.dtype)
         x = rms_normalize(streams.flatten(-2), 1e-6)  # [..., m*d]
         coeff = torch.addmm(self.bias[i].to(ct), x.to(ct).flatten(0, -2), self.phi[i].to(ct))
         coeff = coeff.view(*x.shape[:-1], -1)
