@@ -180,7 +180,9 @@ class AttnResRule(ResidualRule):
         # Learned pseudo-queries are known before a block runs, so its S layers are scored
         # against the completed blocks in one pass (paper Algorithm 1) and each layer only
         # merges its own partial sum. Input-dependent queries and windows need the one-shot path.
-        self.two_phase = (cfg.mixing == "input_dependent" and cfg.query == "learned"
+        # With S = 1 (Full AttnRes) phase 1 has one query and nothing to share: one-shot is
+        # as exact and cheaper there (bench step: full 2.0x the baseline one-shot, 3.0x two-phase).
+        self.two_phase = (cfg.mixing == "input_dependent" and cfg.query == "learned" and self.block_size > 1
                           and two_phase_supported(cfg.heads, cfg.window))
 
     def begin(self, v0: Tensor) -> _State:
