@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import click
 
+from attnres_search.bench import command_console
+
 # (tokens, width, sources): tokens = batch x seq flattened; sources = completed blocks + partial.
 SHAPES: tuple[tuple[int, int, int], ...] = (
     (8192, 512, 2),
@@ -211,10 +213,9 @@ def _bench_two_phase(
 
 
 def _render_two_phase(rows: list[TwoPhaseRow], dtype_name: str, device_name: str, kernel: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = command_console()
     console.width = max(console.width, 130)
     path = "Triton kernels" if kernel else "PyTorch"
     table = Table(title=f"two-phase training step of one block ({path}), {dtype_name} sources, on {device_name}")
@@ -240,10 +241,9 @@ def _ratio(num: float | None, den: float | None) -> str:
 
 
 def _render(rows: list[Row], copy_bw: float | None, dtype_name: str, device_name: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = command_console()
     console.width = max(console.width, 130)  # a pipe reports 80 columns: keep rows on one line
     has_kernel = any(r.kernel_ms is not None for r in rows)
     title = f"depth-attention, {dtype_name} sources, softmax + key RMSNorm, on {device_name}"

@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from attnres_search.bench import command_console
+
 
 def _sync(device: Any) -> None:
     import torch
@@ -231,8 +233,6 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
             compile_too: bool, no_loops: bool, as_json: bool) -> None:
     """Time baseline vs block vs full AttnRes vs mHC steps, and Lightning vs a bare loop."""
     import torch
-    from rich.console import Console
-
     from attnres_search.errors import BadInput
 
     if not no_loops and loop_steps <= warmup + 1:
@@ -260,7 +260,7 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
         }  # fmt: skip
         click.echo(json.dumps(result, indent=2))
         return
-    console = Console()
+    console = command_console()
     shape_text = f"L_b={layers} ({2 * layers} sublayers), d={width}, heads={heads}, T={seq_len}, B={batch_size} on {device_name}"
     console.print(_table(f"optimizer step of the bare model (AdamW), median of {repeats}\n{shape_text}",
                          [(r["preset"] + (" (compiled)" if r["compile"] else ""), r["ms"], r["vs_baseline"]) for r in rows],

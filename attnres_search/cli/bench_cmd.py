@@ -9,8 +9,12 @@ from attnres_search.bench.step import command as step_command
 
 
 @click.group()
-def bench() -> None:
+@click.pass_context
+def bench(ctx: click.Context) -> None:
     """Side-by-side benchmarks (timing targets live here, never in tests)."""
+    from attnres_search.cli.terminal import stdout_console
+
+    ctx.obj = stdout_console()  # the benches print through the CLI's console
 
 
 bench.add_command(kernels_command, "kernels")
