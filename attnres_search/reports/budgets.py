@@ -46,7 +46,8 @@ class Curve:
         return float(np.interp(budget, self.budget, self.loss))
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what a stored loss, budget or Δ must be to count."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -61,10 +62,10 @@ def val_points(attrs: dict[str, Any]) -> list[tuple[float, float, float | None]]
     for i, point in enumerate(curve):
         if not isinstance(point, (list, tuple)) or len(point) not in (2, 3):
             continue
-        if not (_number(point[0]) and _number(point[1])):
+        if not (is_number(point[0]) and is_number(point[1])):
             continue
-        elapsed = float(point[2]) if len(point) == 3 and _number(point[2]) else None
-        if elapsed is None and aligned and _number(times[i]):
+        elapsed = float(point[2]) if len(point) == 3 and is_number(point[2]) else None
+        if elapsed is None and aligned and is_number(times[i]):
             elapsed = float(times[i])
         out.append((float(point[0]), float(point[1]), elapsed))
     return out
@@ -85,7 +86,7 @@ def flops_curve(attrs: dict[str, Any]) -> Curve | None:
     """Loss against training FLOPs, or None when the trial lacks what it takes."""
     points = val_points(attrs)
     steps, tokens, per_token = attrs.get("steps"), attrs.get("tokens"), attrs.get("flops_per_token")
-    if not points or not all(_number(v) and v > 0 for v in (steps, tokens, per_token)):
+    if not points or not all(is_number(v) and v > 0 for v in (steps, tokens, per_token)):
         return None
     per_step = tokens / steps * per_token
     return _curve([p[0] * per_step for p in points], [p[1] for p in points], False)
@@ -95,10 +96,10 @@ def seconds_per_step(attrs: dict[str, Any]) -> float | None:
     """The run's wall-clock seconds per step: wall_time_s over the steps this process ran
     (a run resumed from a checkpoint timed only the steps after ``resumed_from_step``)."""
     wall, steps = attrs.get("wall_time_s"), attrs.get("steps")
-    if not (_number(wall) and _number(steps)) or wall <= 0:
+    if not (is_number(wall) and is_number(steps)) or wall <= 0:
         return None
     resumed = attrs.get("resumed_from_step")
-    ran = steps - resumed if _number(resumed) else steps
+    ran = steps - resumed if is_number(resumed) else steps
     return wall / ran if ran > 0 else None
 
 

@@ -64,13 +64,6 @@ def _half(row: Row, name: str) -> float:
     return row[name] if _ok(row.get(name)) else 0.0
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def _label(row: Row) -> str:
     extra = " ".join(f"{k}={row[k]}" for k in ("size", "ratio") if k in row)
     return f"{row['variant']} {extra}".strip()
@@ -93,7 +86,7 @@ def _variants_plot(rows: list[Row], title: str, path: Path) -> Path:
     right.invert_yaxis()
     right.legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return variant_plots.save_figure(fig, path)
 
 
 def _block_size_plot(rows: list[Row], baseline: str, title: str, path: Path) -> Path:
@@ -113,7 +106,7 @@ def _block_size_plot(rows: list[Row], baseline: str, title: str, path: Path) -> 
     ax.set(xlabel="block size S (sublayers per block)", ylabel="final validation loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return variant_plots.save_figure(fig, path)
 
 
 def _depth_width_plot(cells: list[Row], optima: list[Row], title: str, path: Path) -> Path:
@@ -136,7 +129,7 @@ def _depth_width_plot(cells: list[Row], optima: list[Row], title: str, path: Pat
            title=f"{title}\n★ fitted optimum (paper: baseline 60 → AttnRes 45)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return variant_plots.save_figure(fig, path)
 
 
 def _scaling_plot(points: list[Row], fit_rows: list[Row], title: str, path: Path) -> Path:
@@ -157,7 +150,7 @@ def _scaling_plot(points: list[Row], fit_rows: list[Row], title: str, path: Path
     ax.set(xlabel="training compute C (PFLOP/s-days)", ylabel="final validation loss", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _save(fig, path)
+    return variant_plots.save_figure(fig, path)
 
 
 def _pairs_only(attrs: dict[str, Any]) -> dict[str, Any]:

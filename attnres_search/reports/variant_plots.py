@@ -9,7 +9,6 @@ apart from the drawing so that the numbers drawn can be tested.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnres_search.reports.budgets import val_points  # noqa: E402
+from attnres_search.reports.budgets import is_number, val_points  # noqa: E402
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord  # noqa: E402
 from attnres_search.reports.tables import Row  # noqa: E402
 from attnres_search.training.diagnostics import sublayer_names  # noqa: E402
@@ -123,15 +122,12 @@ def _tokens_per_step(rec: TrialRecord) -> float | None:
     return None
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write a report figure (tight layout, 120 dpi) and free it."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -165,7 +161,7 @@ def loss_curves_plot(records: StudyRecords, title: str, path: Path) -> Path | No
            title=f"Validation loss, mean over seeds (band: lowest to highest seed)\n{title}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if drawn > 8 else 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _row_label(row: Row, group_keys: list[str]) -> str:
@@ -176,7 +172,7 @@ def _row_label(row: Row, group_keys: list[str]) -> str:
 def forest_plot(rows: list[Row], group_keys: list[str], title: str, path: Path) -> Path | None:
     """Δ vs the baseline with its 95% interval for every comparing row (at equal tokens, and
     at equal FLOPs / wall-clock where known), the paper's Δ beside it."""
-    rows = [r for r in rows if _finite(r.get("delta_mean"))]
+    rows = [r for r in rows if is_number(r.get("delta_mean"))]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8, 2.8 + 0.6 * len(rows)), layout="constrained")
@@ -185,13 +181,13 @@ def forest_plot(rows: list[Row], group_keys: list[str], title: str, path: Path) 
               ("delta_time", "equal wall-clock", "^", 0.36)]
     for prefix, label, marker, offset in series:
         pts = [(i, r[f"{prefix}_mean"], r.get(f"{prefix}_ci_half")) for i, r in enumerate(rows)
-               if _finite(r.get(f"{prefix}_mean"))]
+               if is_number(r.get(f"{prefix}_mean"))]
         if not pts:
             continue
         idx, mean, half = zip(*pts)
-        ax.errorbar(mean, y[list(idx)] + offset, xerr=[h if _finite(h) else 0.0 for h in half], fmt=marker,
+        ax.errorbar(mean, y[list(idx)] + offset, xerr=[h if is_number(h) else 0.0 for h in half], fmt=marker,
                     capsize=3, ms=6 if offset == 0 else 4, label=f"ours, {label} (95% CI)")
-    paper = [(i, r["paper_delta"]) for i, r in enumerate(rows) if _finite(r.get("paper_delta"))]
+    paper = [(i, r["paper_delta"]) for i, r in enumerate(rows) if is_number(r.get("paper_delta"))]
     if paper:
         idx, delta = zip(*paper)
         ax.plot(delta, y[list(idx)] - 0.18, "D", color="crimson", ms=6, label="paper Δ")
@@ -289,5 +285,5 @@ def profile_plots(records: StudyRecords, title: str, out: Path) -> list[Path]:
             plt.close(fig)
             continue
         fig.suptitle(f"Output magnitude and gradient profiles (final step)\n{title} {_group_text(group)}".strip())
-        paths.append(_save(fig, out / f"profiles{_suffix(group, len(groups) > 1)}.png"))
+        paths.append(save_figure(fig, out / f"profiles{_suffix(group, len(groups) > 1)}.png"))
     return paths
