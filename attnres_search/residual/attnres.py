@@ -116,6 +116,12 @@ def source_indices(i: int, block_size: int, n_sublayers: int, window: int | None
     return Sources(idx, n_done, partial_len)
 
 
+def source_plan_of(cfg: AttnResConfig, n_sublayers: int) -> list[Sources]:
+    """:func:`source_indices` of every point (each sublayer, then the head)."""
+    s = cfg.resolve_block_size(n_sublayers)
+    return [source_indices(i, s, n_sublayers, cfg.window) for i in range(n_sublayers + 1)]
+
+
 @dataclass(frozen=True)
 class SourceCounts:
     points: int  # mixing points: every sublayer plus the head
@@ -162,7 +168,7 @@ class AttnResRule(ResidualRule):
         self.cfg = cfg
         self.block_size = cfg.resolve_block_size(n_sublayers)
         self.eps = eps
-        self.plan = [source_indices(i, self.block_size, n_sublayers, cfg.window) for i in range(n_sublayers + 1)]
+        self.plan = source_plan_of(cfg, n_sublayers)
         n_points = n_sublayers + 1  # every sublayer plus the final aggregation
         if cfg.mixing == "input_independent":
             # One learned logit per source, zero-init: uniform mixing at step 0. A point with
@@ -271,10 +277,6 @@ class AttnResSpec(RuleSpec):
             raise ValueError(f"residual heads={cfg.heads} does not divide d_model={d_model}")
         cfg.resolve_block_size(n_sublayers)
 
-    def _points(self, cfg: AttnResConfig, n_sublayers: int) -> list[Sources]:
-        s = cfg.resolve_block_size(n_sublayers)
-        return [source_indices(i, s, n_sublayers, cfg.window) for i in range(n_sublayers + 1)]
-
     def flops_per_token(self, cfg: AttnResConfig, n_sublayers: int, d_model: int) -> float:
         d = d_model
         counts = source_counts(cfg, n_sublayers)
@@ -298,7 +300,7 @@ class AttnResSpec(RuleSpec):
     def source_plan(self, cfg: AttnResConfig, n_sublayers: int) -> SourcePlan:
         s = cfg.resolve_block_size(n_sublayers)
         sources, blocks = [], []
-        for i, p in enumerate(self._points(cfg, n_sublayers)):
+        for i, p in enumerate(source_plan_of(cfg, n_sublayers)):
             labels = []
             for j in p.indices:
                 if j < p.n_done:
