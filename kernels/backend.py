@@ -56,6 +56,14 @@ def use_backend(backend: Backend) -> Iterator[None]:
         set_backend(previous)
 
 
+def reference_only(device: torch.device) -> bool:
+    """Whether every call on ``device`` takes the PyTorch path (backend ``reference``, or
+    ``auto`` off CUDA): then callers may pick PyTorch-only schedules such as
+    :mod:`.block_cache` without asking each kernel."""
+    backend = get_backend()
+    return backend == "reference" or (backend == "auto" and device.type != "cuda")
+
+
 def kernel_chosen(device: torch.device, unsupported_reason: Callable[[], str | None], what: str) -> bool:
     """Whether a call on ``device`` takes the Triton kernel.
 
@@ -63,9 +71,9 @@ def kernel_chosen(device: torch.device, unsupported_reason: Callable[[], str | N
     pick the kernel) says why the kernel cannot take the call, or ``None``. Under ``triton``
     a reason is an error naming ``what`` and the reason; under ``auto`` it means the reference.
     """
-    backend = get_backend()
-    if backend == "reference" or (backend == "auto" and device.type != "cuda"):
+    if reference_only(device):
         return False
+    backend = get_backend()
     reason = unsupported_reason()
     if reason is None:
         return True

@@ -45,9 +45,11 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture
 def path_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Counts, per path, the calls of every implementation a model's depth-attention can
-    reach: the fused kernel and the two-phase kernels, or the PyTorch one-shot and two-phase."""
+    reach: the fused kernel and the two-phase kernels, or the PyTorch one-shot, two-phase and
+    block-cache paths."""
     from attnres_search.kernels import attend as attend_module
     from attnres_search.kernels import two_phase
+    from attnres_search.residual import attnres
 
     calls: dict[str, list[str]] = {"kernel": [], "reference": []}
 
@@ -63,6 +65,8 @@ def path_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     spy(attend_module, "depth_attention", "reference")
     spy(two_phase, "_phase1_torch", "reference")
     spy(two_phase, "_phase2_torch", "reference")
+    spy(attnres, "phase1_cached", "reference")
+    spy(attnres, "phase2_cached", "reference")
     if runtime.unavailable_reason(torch.device(DEVICE)) is None:
         from attnres_search.kernels import fused, two_phase_triton
 

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from attnres_search.kernels.attend import attend
+from attnres_search.kernels.backend import reference_only
+from attnres_search.kernels.block_cache import BlockCache, phase1_cached, phase2_cached
 from attnres_search.kernels.reference import DEFAULT_EPS, compute_dtype, mix_sources
 from attnres_search.kernels.two_phase import Phase1, phase1, phase2, two_phase_supported
 from attnres_search.model.layers import rms_normalize
@@ -160,6 +162,9 @@ class _State:
     partial: Tensor | None = None  # running sum of the current block, None right after a boundary
     stacked: Tensor | None = None  # torch.stack(blocks), rebuilt only when a block completes
     phase1: Phase1 | None = None  # the open block's phase-1 result (two-phase schedule)
+    cache: BlockCache | None = None  # the blocks in one buffer (PyTorch eager path)
+    mixtures: list[Tensor] | None = None  # the open block's phase-1 result on the cache
+    lses: list[Tensor] | None = None
 
 
 class AttnResRule(ResidualRule):
@@ -188,11 +193,38 @@ class AttnResRule(ResidualRule):
         # merges its own partial sum. Input-dependent queries and windows need the one-shot path.
         # With S = 1 (Full AttnRes) phase 1 has one query and nothing to share: one-shot is
         # as exact and cheaper there (bench step: full 2.0x the baseline one-shot, 3.0x two-phase).
-        self.two_phase = (cfg.mixing == "input_dependent" and cfg.query == "learned" and self.block_size > 1
-                          and two_phase_supported(cfg.heads, cfg.window))
+        self.learned_queries = (cfg.mixing == "input_dependent" and cfg.query == "learned"
+                                and two_phase_supported(cfg.heads, cfg.window))
+        self.two_phase = self.learned_queries and self.block_size > 1
 
     def begin(self, v0: Tensor) -> _State:
-        return _State(blocks=[v0])
+        state = _State(blocks=[v0])
+        # PyTorch eager path: completed blocks go into one buffer (no re-stacking) and the
+        # two-phase schedule runs with hand-written backwards (kernels/block_cache.py), for
+        # every block size, Full AttnRes included. Kernels and compiled graphs keep stacking.
+        if (self.learned_queries and not self.record and reference_only(v0.device)
+                and not torch.compiler.is_compiling()):
+            state.cache = BlockCache(v0, 1 + self.n_sublayers // self.block_size, heads=self.cfg.heads,
+                                     key_norm=self.cfg.key_norm == "rmsnorm", eps=self.eps)
+        return state
+
+    def _mix_cached(self, i: int, state: _State) -> Tensor:
+        """Layer i's input from the block cache: phase 1 when its block opens, then phase 2."""
+        assert state.cache is not None
+        j = i % self.block_size if i < self.n_sublayers else 0
+        gains = self.key_gains if self.cfg.key_norm == "rmsnorm" else None
+        if j == 0:
+            n_queries = self.block_size if i < self.n_sublayers else 1
+            state.mixtures, state.lses = phase1_cached(
+                state.cache, self.queries[i : i + n_queries], None if gains is None else gains[i : i + n_queries],
+                score=self.cfg.score)  # type: ignore[arg-type]
+        assert state.mixtures is not None
+        v0 = state.blocks[0]
+        if state.partial is None:
+            return state.mixtures[j].reshape(v0.shape).to(v0.dtype)
+        h = phase2_cached(state.mixtures[j], None if state.lses is None else state.lses[j], state.partial,
+                          self.queries[i], None if gains is None else gains[i], eps=self.eps)
+        return h.reshape(v0.shape).to(torch.promote_types(v0.dtype, state.partial.dtype))
 
     def _stacked(self, state: _State) -> Tensor:
         if state.stacked is None or state.stacked.shape[0] != len(state.blocks):
@@ -216,6 +248,8 @@ class AttnResRule(ResidualRule):
     def _mix(self, i: int, state: _State) -> Tensor:
         # On CUDA the one-shot fused kernel is faster than today's two-phase kernels
         # (results/gpu_h200/), so the schedule is used where it pays: the PyTorch path.
+        if state.cache is not None:
+            return self._mix_cached(i, state)
         if self.two_phase and not self.record and state.blocks[0].device.type != "cuda":
             return self._mix_two_phase(i, state)
         plan = self.plan[i]
@@ -260,6 +294,8 @@ class AttnResRule(ResidualRule):
         state.partial = f if state.partial is None else state.partial + f
         if (i + 1) % self.block_size == 0:
             state.blocks.append(state.partial)
+            if state.cache is not None:
+                state.cache.append(state.partial)
             state.partial = None
 
     def final(self, state: _State) -> Tensor:

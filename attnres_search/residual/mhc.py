@@ -154,13 +154,16 @@ class MHCRule(ResidualRule):
     # Streams are kept token-major, X[..., m, d], so every map is a batched matmul over
     # tokens with no permutes: h = H_pre X, X' = H_res X + H_post^T f.
     def begin(self, v0: Tensor) -> dict[str, Any]:
-        return {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.m, v0.shape[-1])}
+        # Materialised (not an expand) and every matmul operand contiguous: CPU batched
+        # matmuls with a zero or odd stride fall back to one tiny GEMM per token (bench
+        # step: mhc 4.2x the baseline step with them, see results/bench_cpu/).
+        return {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.m, v0.shape[-1]).contiguous()}
 
     def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
         X = state["X"]
         pre, post, res = self.maps(i, X)
-        state["post"], state["res"] = post.to(X.dtype), res.to(X.dtype)
-        return (pre.to(X.dtype).unsqueeze(-2) @ X).squeeze(-2)
+        state["post"], state["res"] = post.to(X.dtype), res.to(X.dtype).contiguous()
+        return (pre.to(X.dtype).unsqueeze(-2).contiguous() @ X).squeeze(-2)
 
     def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
         state["X"] = torch.addcmul(state["res"] @ state["X"], state["post"].unsqueeze(-1), f.unsqueeze(-2))
