@@ -73,35 +73,50 @@ class BlockCache:
             slot = self.values[k]
             slot.copy_(block.detach().reshape(slot.shape))
             if self.rms_inv is not None:
-                torch.rsqrt(slot.square().mean(-1) + self.eps, out=self.rms_inv[k])
+                torch.rsqrt(_mean_square(slot) + self.eps, out=self.rms_inv[k])
         self.blocks.append(block)
 
 
+def _mean_square(x: Tensor) -> Tensor:
+    """``mean(x^2)`` over the last dim, in one pass (no squared copy)."""
+    return torch.linalg.vecdot(x, x) / x.shape[-1]
+
+
 def _logits(values: Tensor, u: Tensor) -> Tensor:
-    """``raw[n, M, H, S] = values[n, M, H, :] . u[S, H, :]`` as one (batched over heads) matmul."""
+    """``raw[S, n, M, H] = u[S, H, :] . values[n, M, H, :]``: one matmul (batched over heads),
+    the wide operand on the right, which BLAS runs several times faster than its transpose."""
     n, m, h, dh = values.shape
+    s = u.shape[0]
     if h == 1:
-        return (values.view(n * m, dh) @ u.view(-1, dh).T).view(n, m, 1, -1)
-    per_head = torch.matmul(values.view(n * m, h, dh).transpose(0, 1), u.permute(1, 2, 0))  # [H, nM, S]
-    return per_head.transpose(0, 1).reshape(n, m, h, -1)
+        return (u.view(s, dh) @ values.view(n * m, dh).T).view(s, n, m, 1)
+    per_head = torch.matmul(u.transpose(0, 1), values.view(n * m, h, dh).permute(1, 2, 0))  # [H, S, nM]
+    return per_head.permute(1, 2, 0).reshape(s, n, m, h)
 
 
 def _logits_grad_values(draw: Tensor, u: Tensor) -> Tensor:
-    """``sum_s draw[n, M, H, s] * u[s, H, :]``: the logits' gradient on the values."""
-    n, m, h, s = draw.shape
+    """``sum_s draw[s, n, M, H] * u[s, H, :]`` as ``[n, M, H, dh]``: the logits' gradient on the values."""
+    s, n, m, h = draw.shape
     if h == 1:
-        return (draw.reshape(n * m, s) @ u.view(s, -1)).view(n, m, 1, -1)
-    return torch.matmul(draw.reshape(n * m, h, s).transpose(0, 1), u.transpose(0, 1)).transpose(0, 1).reshape(n, m, h, -1)
+        return (draw.reshape(s, n * m).T @ u.view(s, -1)).view(n, m, 1, -1)
+    per_head = torch.matmul(draw.permute(3, 1, 2, 0).reshape(h, n * m, s), u.transpose(0, 1))  # [H, nM, dh]
+    return per_head.transpose(0, 1).reshape(n, m, h, -1)
 
 
 def _logits_grad_query(draw: Tensor, values: Tensor) -> Tensor:
-    """``du[s, H, :] = sum_{n, M} draw[n, M, H, s] * values[n, M, H, :]``."""
+    """``du[s, H, :] = sum_{n, M} draw[s, n, M, H] * values[n, M, H, :]``."""
     n, m, h, dh = values.shape
-    s = draw.shape[-1]
+    s = draw.shape[0]
     if h == 1:
-        return (draw.reshape(n * m, s).T @ values.view(n * m, dh)).view(s, 1, dh)
-    du = torch.matmul(draw.reshape(n * m, h, s).permute(1, 2, 0), values.view(n * m, h, dh).transpose(0, 1))
+        return (draw.reshape(s, n * m) @ values.view(n * m, dh)).view(s, 1, dh)
+    du = torch.matmul(draw.permute(3, 0, 1, 2).reshape(h, s, n * m), values.view(n * m, h, dh).transpose(0, 1))
     return du.transpose(0, 1)  # [S, H, dh]
+
+
+def _token_major(a: Tensor) -> Tensor:
+    """``a[S, n, M, H]`` as ``[M * H, S, n]`` matrices, contiguous: CPU ``bmm`` falls back to
+    one GEMM per token for some strides of a one-query ``[1, n]`` matrix (and it is small)."""
+    s, n, m, h = a.shape
+    return a.permute(2, 3, 0, 1).contiguous().view(m * h, s, n)
 
 
 class _Phase1(torch.autograd.Function):
@@ -116,26 +131,21 @@ class _Phase1(torch.autograd.Function):
         m = values.shape[1]
         n_q = queries.shape[0]
         u = (queries.to(ct) if gains is None else queries.to(ct) * gains.to(ct)).view(n_q, h, dh)
-        raw = _logits(values, u)  # [n, M, H, S]
-        r = None if cache.rms_inv is None else cache.rms_inv[:n].unsqueeze(-1)
-        z = raw if r is None else raw * r
+        raw = _logits(values, u)  # [S, n, M, H]
+        z = raw if cache.rms_inv is None else raw * cache.rms_inv[:n]
         if score == "softmax":
-            lse = torch.logsumexp(z, dim=0)  # [M, H, S]
-            a = torch.exp(z - lse)
+            lse = torch.logsumexp(z, dim=1)  # [S, M, H]
+            a = torch.exp(z - lse.unsqueeze(1))
         else:
             lse, a = None, torch.sigmoid(z)
         # Mixtures: for each (token, head), [S, n] @ [n, dh], batched; the values' view is strided, not copied.
-        # (a is small: contiguous, because CPU bmm falls back to a per-token loop for some
-        # strides of a single-query [1, n] matrix.)
-        a_b = a.permute(1, 2, 3, 0).contiguous().view(m * h, n_q, n)
         v_b = values.permute(1, 2, 0, 3).reshape(m * h, n, dh)
-        out = torch.bmm(a_b, v_b).view(m, h, n_q, dh)
+        out = torch.bmm(_token_major(a), v_b).view(m, h, n_q, dh)
         ctx.cache, ctx.n, ctx.score = cache, n, score
         ctx.block_dtypes = [b.dtype for b in blocks]
         ctx.save_for_backward(queries, gains, a, raw)
         outs = tuple(out[:, :, j] for j in range(n_q))
-        lses = () if lse is None else tuple(lse[:, :, j] for j in range(n_q))
-        return outs + lses
+        return outs if lse is None else outs + tuple(lse.unbind(0))
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -147,33 +157,38 @@ class _Phase1(torch.autograd.Function):
         n_q = queries.shape[0]
         d_out, d_lse = grads[:n_q], grads[n_q:]
 
-        def stacked(parts: tuple[Tensor | None, ...], shape: tuple[int, ...]) -> Tensor:
+        def stacked(parts: tuple[Tensor | None, ...], shape: tuple[int, ...], dim: int) -> Tensor:
             return torch.stack([torch.zeros(shape, dtype=ct, device=values.device) if g is None else g.to(ct)
-                                for g in parts], dim=2)
+                                for g in parts], dim=dim)
 
-        dout = stacked(d_out, (m, h, dh)).view(m * h, n_q, dh)
+        dout = stacked(d_out, (m, h, dh), 2).view(m * h, n_q, dh)
         v_b = values.permute(1, 2, 0, 3).reshape(m * h, n, dh)
-        a_b = a.permute(1, 2, 3, 0).contiguous().view(m * h, n_q, n)
-        da = torch.bmm(dout, v_b.transpose(1, 2)).view(m, h, n_q, n).permute(3, 0, 1, 2)  # [n, M, H, S]
+        if n_q == 1:  # one query (Full AttnRes, the head): per-source dot products, no GEMM
+            da = torch.linalg.vecdot(values, dout.view(1, m, h, dh)).unsqueeze(0)  # [1, n, M, H]
+        else:
+            da = torch.bmm(dout, v_b.transpose(1, 2)).view(m, h, n_q, n).permute(2, 3, 0, 1)  # [S, n, M, H]
         if ctx.score == "softmax":
-            inner = (a * da).sum(0)
+            inner = (a * da).sum(1, keepdim=True)
             if any(g is not None for g in d_lse):
-                inner = inner - stacked(d_lse, (m, h))
+                inner -= stacked(d_lse, (m, h), 0).unsqueeze(1)
             dz = a * (da - inner)
         else:
-            dz = da * a * (1 - a)
+            dz = a * (1 - a) * da
         u = (queries.to(ct) if gains is None else queries.to(ct) * gains.to(ct)).view(n_q, h, dh)
-        if cache.rms_inv is None:
-            draw = dz
-            d_values = _logits_grad_values(draw, u)
+        r = None if cache.rms_inv is None else cache.rms_inv[:n]
+        draw = dz if r is None else dz * r
+        # d values = (mixture term) + (logit term) + (key-norm term, r = (mean(v^2) + eps)^(-1/2),
+        # dr/dv = -r^3 v / dh); with one query every term is a broadcast product written
+        # straight into the block-major layout, otherwise the first two are matrix products.
+        if n_q == 1:
+            d_values = a[0].unsqueeze(-1) * dout.view(1, m, h, dh)
+            d_values.addcmul_(draw[0].unsqueeze(-1), u)
         else:
-            r = cache.rms_inv[:n]
-            draw = dz * r.unsqueeze(-1)
             d_values = _logits_grad_values(draw, u)
-            # r = (mean(v^2) + eps)^(-1/2): dr/dv = -r^3 v / dh.
-            d_r = (dz * raw).sum(-1)
+            d_values += torch.bmm(_token_major(a).transpose(1, 2), dout).view(m, h, n, dh).permute(2, 0, 1, 3)
+        if r is not None:
+            d_r = (dz * raw).sum(0)
             d_values.addcmul_(values, (d_r * r.pow(3)).unsqueeze(-1), value=-1.0 / dh)
-        d_values += torch.bmm(a_b.transpose(1, 2), dout).view(m, h, n, dh).permute(2, 0, 1, 3)
         du = _logits_grad_query(draw, values).reshape(n_q, h * dh)
         d_queries = du if gains is None else du * gains.to(ct)
         d_gains = None if gains is None else du * queries.to(ct)
@@ -210,7 +225,7 @@ class _Phase2(torch.autograd.Function):
         p = partial.reshape(m, h, dh).to(ct)
         u = (query.to(ct) if gain is None else query.to(ct) * gain.to(ct)).view(h, dh)
         raw = (p.view(m, dh) @ u.view(dh)).view(m, 1) if h == 1 else (p * u).sum(-1)  # [M, H]
-        r = None if gain is None else torch.rsqrt(p.square().mean(-1) + eps)
+        r = None if gain is None else torch.rsqrt(_mean_square(p) + eps)
         z = raw if r is None else raw * r
         if lse is not None:  # softmax: weight of the completed blocks together
             a = torch.sigmoid(lse - z)
