@@ -69,6 +69,10 @@ class _SinkhornTokensLast(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
         saved = ctx.saved_tensors
         m0, steps = saved[0], saved[1:]
+        # The incoming gradient has the caller's token-major strides: every half-step below
+        # ran on that strided layout, several times slower (bench step: mhc 2.9x -> see
+        # results/bench_cpu/). One copy puts the tokens innermost again.
+        grad = grad.contiguous()
         for t in range(len(steps) // 2 - 1, -1, -1):
             y, norm = steps[2 * t], steps[2 * t + 1]
             dim = t % 2
