@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from attnres_search.kernels.reference import compute_dtype
-from attnres_search.model.layers import rms_normalize
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
 
@@ -143,9 +142,12 @@ class MHCRule(ResidualRule):
         from streams ``[..., m, d]``; in fp32 (float64 for a float64 model)."""
         m = self.m
         ct = compute_dtype(streams.dtype)
-        x = rms_normalize(streams.flatten(-2), 1e-6)  # [..., m*d]
-        coeff = torch.addmm(self.bias[i].to(ct), x.to(ct).flatten(0, -2), self.phi[i].to(ct))
-        coeff = coeff.view(*x.shape[:-1], -1)
+        # phi . RMSNorm(x) = (phi . x) / rms(x): project the raw streams and scale the few
+        # coefficients per token, instead of writing (and differentiating) a normalised copy.
+        x = streams.flatten(-2).to(ct).flatten(0, -2)  # [tokens, m*d]
+        inv_rms = torch.rsqrt(torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(1e-6)).unsqueeze(-1)
+        coeff = torch.addcmul(self.bias[i].to(ct), x @ self.phi[i].to(ct), inv_rms)
+        coeff = coeff.view(*streams.shape[:-2], -1)
         pre = torch.sigmoid(coeff[..., :m])
         post = 2 * torch.sigmoid(coeff[..., m : 2 * m])
         res_logits = coeff[..., 2 * m :]
