@@ -4,6 +4,8 @@
 * :mod:`.attend` — :func:`.attend.attend`, the one-shot op a model calls;
 * :mod:`.two_phase` — the two-phase schedule of Block AttnRes (paper Algorithm 1) for
   training and inference: :func:`.two_phase.phase1`, :func:`.two_phase.phase2`;
+* :mod:`.block_cache` — the same schedule over completed blocks kept in one growing buffer,
+  with hand-written backwards: what eager training runs on the PyTorch path (CPU);
 * :mod:`.backend` — the one rule that picks kernel or reference (``ATTNRES_KERNEL``,
   :func:`.backend.set_backend`); :mod:`.runtime` — whether a kernel can take a call, and why not;
 * :mod:`.fused`, :mod:`.two_phase_triton`, :mod:`.triton_base` — the Triton kernels, each

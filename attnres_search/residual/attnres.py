@@ -191,8 +191,8 @@ class AttnResRule(ResidualRule):
         # Learned pseudo-queries are known before a block runs, so its S layers are scored
         # against the completed blocks in one pass (paper Algorithm 1) and each layer only
         # merges its own partial sum. Input-dependent queries and windows need the one-shot path.
-        # With S = 1 (Full AttnRes) phase 1 has one query and nothing to share: one-shot is
-        # as exact and cheaper there (bench step: full 2.0x the baseline one-shot, 3.0x two-phase).
+        # On the stacked path, S = 1 (Full AttnRes) keeps the one-shot op: phase 1 would have one
+        # query and nothing to share. The block cache (begin) takes every S.
         self.learned_queries = (cfg.mixing == "input_dependent" and cfg.query == "learned"
                                 and two_phase_supported(cfg.heads, cfg.window))
         self.two_phase = self.learned_queries and self.block_size > 1
