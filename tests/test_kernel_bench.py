@@ -18,8 +18,8 @@ def test_bench_step_json_rows_and_ratios(monkeypatch: pytest.MonkeyPatch, capsys
     code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--json"], monkeypatch, capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"device", "shape", "warmup", "repeats", "rows", "loops"}
-    assert result["loops"] is None and result["shape"]["width"] == 16
+    assert set(result) == {"device", "shape", "warmup", "repeats", "rows", "loops", "compile_mode"}
+    assert result["loops"] is None and result["shape"]["width"] == 16 and result["compile_mode"] is None
     rows = {(r["preset"], r["compile"]): r for r in result["rows"]}
     assert set(rows) == {("baseline", False), ("block-s4", False), ("full", False), ("mhc", False)}
     base = rows["baseline", False]["ms"]
@@ -59,3 +59,17 @@ def test_bench_step_json_with_compile_and_loops(monkeypatch: pytest.MonkeyPatch,
 def test_bench_step_bad_input_is_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     code, _, err = cli(["bench", "step", *TINY, "--loop-steps", "3", "--warmup", "5"], monkeypatch, capsys)
     assert code == 2 and "--loop-steps" in err
+
+
+def test_bench_step_compiles_in_the_mode_asked(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``--compile-mode reduce-overhead`` (CUDA graphs) reaches ``torch.compile`` for every
+    compiled row; compiling itself is stubbed (CPU Inductor takes minutes)."""
+    modes: list[str | None] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: modes.append(k.get("mode")))
+    args = ["bench", "step", *TINY, "--no-loops", "--json", "--compile", "--compile-mode", "reduce-overhead"]
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert modes == ["reduce-overhead"] * 4
+    assert json.loads(out)["compile_mode"] == "reduce-overhead"
+    code, _, err = cli(["bench", "step", *TINY, "--compile-mode", "fast"], monkeypatch, capsys)
+    assert code == 2 and "fast" in err

@@ -130,3 +130,32 @@ def test_plot_rejects_json_that_is_not_a_run_file(tmp_path, monkeypatch, capsys)
         assert code == 2, (name, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and name in err, err
         assert out == "" and not figures.exists()
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile-mode`` implies ``--compile`` and is the mode ``torch.compile`` gets (stubbed:
+    this checks the wiring, not Inductor); ``--compile`` alone is mode "default" and keeps
+    ``compile: true`` in the config, so existing configs keep their fingerprints."""
+    import torch
+
+    modes: list[str | None] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: modes.append(k.get("mode")))
+    for args, want_mode, want_field in ((["--compile-mode", "reduce-overhead"], ["reduce-overhead"], "reduce-overhead"),
+                                        (["--compile"], ["default"], True), ([], [], False)):
+        modes.clear()
+        result = CliRunner().invoke(train, [*TINY, "--steps", "2", "--json", *args])
+        assert result.exit_code == 0, result.output
+        assert modes == want_mode
+        assert json.loads(result.output)["config"]["compile"] == want_field
+
+
+def test_unknown_compile_mode_is_bad_input() -> None:
+    from attnres_search.model.config import ModelConfig
+    from attnres_search.training.checks import check_run
+    from attnres_search.training.config import RunConfig
+
+    cfg = RunConfig(model=ModelConfig(vocab_size=256, n_layers=1, d_model=16, n_heads=2, seq_len=16), steps=2,
+                    compile="fast")
+    with pytest.raises(BadInput, match="compile must be true, false or a mode"):
+        check_run(cfg)
+    assert CliRunner().invoke(train, [*TINY, "--steps", "2", "--compile-mode", "fast"]).exit_code == 2

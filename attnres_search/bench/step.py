@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from attnres_search.bench import command_console
+from attnres_search.training.config import COMPILE_MODES
 
 
 def _sync(device: Any) -> None:
@@ -41,7 +42,7 @@ def _run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: 
     return RunConfig(model=model, tokens=None, steps=steps, batch_size=batch_size, val_every=10**9, diagnostics_every=10**9)
 
 
-def _bare_step_fn(cfg: Any, device: Any, autocast: bool, compile: bool = False) -> Callable[[], None]:
+def _bare_step_fn(cfg: Any, device: Any, autocast: bool, compile_mode: str | None = None) -> Callable[[], None]:
     """A closure doing one full optimizer step of a fresh model on a fixed batch."""
     import torch
     import torch.nn.functional as F
@@ -52,8 +53,8 @@ def _bare_step_fn(cfg: Any, device: Any, autocast: bool, compile: bool = False) 
     torch.manual_seed(0)
     model = AttnResLM(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg)
-    if compile:
-        model.compile()  # in place, as train --compile does
+    if compile_mode is not None:
+        model.compile(mode=compile_mode)  # in place, as train --compile does
     idx = torch.randint(0, cfg.model.vocab_size, (cfg.batch_size, cfg.model.seq_len + 1), device=device)
 
     def step() -> None:
@@ -73,7 +74,8 @@ COMPILED = "+compile"
 
 
 def bench_variants(
-    presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any, compile: bool = False
+    presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any, compile: bool = False,
+    compile_mode: str = "default",
 ) -> dict[str, float]:
     """Median milliseconds per optimizer step for each preset (and, with ``compile``, each
     compiled preset under the key ``name + COMPILED``), interleaved."""
@@ -81,7 +83,8 @@ def bench_variants(
     steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast) for name in presets}
     if compile:
         for name in presets:
-            steps[name + COMPILED] = _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast, compile=True)
+            steps[name + COMPILED] = _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast,
+                                                         compile_mode=compile_mode)
     keys = list(steps)
     for key in keys:
         if key.endswith(COMPILED):
@@ -226,11 +229,13 @@ def variant_rows(variant_ms: dict[str, float]) -> list[dict[str, Any]]:
                    "outnumber free cores make every step many times slower.")
 @click.option("--compile", "compile_too", is_flag=True,
               help="Also time every variant torch.compile-d (rows 'NAME+compile', against the compiled baseline).")
+@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default", show_default=True,
+              help="torch.compile mode of the compiled rows; reduce-overhead replays CUDA graphs (GPU).")
 @click.option("--no-loops", is_flag=True, help="Skip the Lightning-vs-bare-loop comparison.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object instead of tables.")
 def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, block_preset: str,
             warmup: int, repeats: int, loop_steps: int, rounds: int, threads: int | None,
-            compile_too: bool, no_loops: bool, as_json: bool) -> None:
+            compile_too: bool, compile_mode: str, no_loops: bool, as_json: bool) -> None:
     """Time baseline vs block vs full AttnRes vs mHC steps, and Lightning vs a bare loop."""
     import torch
     from attnres_search.errors import BadInput
@@ -244,7 +249,8 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     shape = dict(layers=layers, width=width, heads=heads, seq_len=seq_len, batch_size=batch_size)
     presets = list(dict.fromkeys(["baseline", block_preset, "full", "mhc"]))
     try:
-        variant_ms = bench_variants(presets, shape, warmup, repeats, device, compile=compile_too)
+        variant_ms = bench_variants(presets, shape, warmup, repeats, device, compile=compile_too,
+                                    compile_mode=compile_mode)
         loop_ms = None if no_loops else bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
@@ -253,6 +259,7 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     if as_json:
         result: dict[str, Any] = {
             "device": device_name, "shape": shape, "warmup": warmup, "repeats": repeats, "rows": rows,
+            "compile_mode": compile_mode if compile_too else None,
             "loops": None if loop_ms is None else {
                 "bare_ms": loop_ms["bare"], "lightning_ms": loop_ms["lightning"],
                 "lightning_vs_bare": loop_ms["lightning"] / loop_ms["bare"],

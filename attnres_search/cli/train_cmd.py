@@ -12,6 +12,7 @@ import click
 from attnres_search.cli.errors import BadInput
 from attnres_search.cli.options import TOKENS, preset_option
 from attnres_search.cli.terminal import error, stderr_console, stdout_console
+from attnres_search.training.config import COMPILE_MODES
 from attnres_search.units import format_count as _si
 
 
@@ -70,6 +71,8 @@ def _summary_table(result: Any) -> Any:
 @click.option("--diagnostics-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--precision", default="auto", show_default=True, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision.")
 @click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the model.")
+@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default=None,
+              help="torch.compile mode (implies --compile): reduce-overhead replays CUDA graphs.")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs for this run (DDP when > 1).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write run.json, diagnostics.json, checkpoints here.")
 @click.option("--ckpt-every", type=click.IntRange(min=1), default=None, help="Checkpoint every N steps (needs --out).")
@@ -85,6 +88,9 @@ def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, 
     from attnres_search.training.run import NonFiniteLoss, RunInterrupted, run
 
     show = not (quiet or as_json)
+    mode = run_fields.pop("compile_mode")
+    if mode is not None:  # true stays true, so configs (and their fingerprints) without a mode do not change
+        run_fields["compile"] = True if mode == "default" else mode
     try:
         model = ModelConfig(
             vocab_size=vocab_size or source_vocab_size(run_fields["data"]),

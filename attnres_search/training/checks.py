@@ -19,7 +19,7 @@ import torch
 
 from attnres_search.errors import BadInput
 from attnres_search.model.flops import count_params
-from attnres_search.training.config import OPTIMIZERS, SCHEDULES, RunConfig
+from attnres_search.training.config import COMPILE_MODES, OPTIMIZERS, SCHEDULES, RunConfig
 from attnres_search.training.data import check_source
 
 PRECISIONS = (
@@ -45,6 +45,8 @@ def check_run(config: RunConfig) -> None:
     check_optimization(cfg)
     if str(cfg.precision) not in PRECISIONS:
         raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}; got {cfg.precision!r}")
+    if not isinstance(cfg.compile, bool) and cfg.compile not in COMPILE_MODES:
+        raise BadInput(f"compile must be true, false or a mode ({', '.join(COMPILE_MODES)}); got {cfg.compile!r}")
     if cfg.accelerator not in ACCELERATORS:
         raise BadInput(f"accelerator must be one of {', '.join(ACCELERATORS)}; got {cfg.accelerator!r}")
     if cfg.ckpt_every is not None:

@@ -14,6 +14,9 @@ from attnres_search.model.config import ModelConfig
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine")
+# torch.compile modes: "reduce-overhead" replays CUDA graphs (static shapes, no per-kernel
+# launch cost), "max-autotune" also tunes GEMMs; both only make a difference on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -38,7 +41,7 @@ class RunConfig:
     val_windows: int = 32  # fixed validation windows of seq_len tokens
     diagnostics_every: int = 100  # steps between diagnostics snapshots (and one at the end)
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
-    compile: bool = False
+    compile: bool | str = False  # True (mode "default") or one of COMPILE_MODES
     accelerator: str = "auto"
     devices: int = 1  # > 1: Lightning DDP within one trial
     out_dir: str | None = None  # run.json, diagnostics.json and checkpoints go here
@@ -97,3 +100,11 @@ class RunResult:
     def from_dict(cls, data: dict[str, Any]) -> "RunResult":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def compile_mode(cfg: RunConfig) -> str | None:
+    """The ``torch.compile`` mode a run asks for, or ``None`` for eager. ``compile: true``
+    means mode ``"default"``; a mode name means compiled in that mode."""
+    if cfg.compile is False:
+        return None
+    return "default" if cfg.compile is True else str(cfg.compile)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from attnres_search.model.decoder import AttnResLM
 from attnres_search.training.optim import build_optimizer, build_scheduler
-from attnres_search.training.config import RunConfig
+from attnres_search.training.config import RunConfig, compile_mode
 
 # Fields that may differ between a run and the checkpoint it resumes from: they change
 # where things go or how fast they run, not what is computed.
@@ -44,8 +44,9 @@ class LitLM(L.LightningModule):
         self.cfg = cfg
         self.total_steps = total_steps
         self.model = AttnResLM(cfg.model)
-        if cfg.compile:
-            self.model.compile()  # in place: parameter names (and checkpoints) stay unchanged
+        mode = compile_mode(cfg)
+        if mode is not None:
+            self.model.compile(mode=mode)  # in place: parameter names (and checkpoints) stay unchanged
         self.val_curve: list[tuple[int, float]] = []
         # Seconds of training (validation included, summed over resumes) at each val_curve
         # point, kept apart from the curve so resumed runs still compare equal on it:
