@@ -141,7 +141,10 @@ class _Phase1(torch.autograd.Function):
         # Mixtures: for each (token, head), [S, n] @ [n, dh], batched; the values' view is strided, not copied.
         v_b = values.permute(1, 2, 0, 3).reshape(m * h, n, dh)
         out = torch.bmm(_token_major(a), v_b).view(m, h, n_q, dh)
-        ctx.cache, ctx.n, ctx.score = cache, n, score
+        # The buffer, not the cache: the cache holds the block tensors, whose graphs lead back
+        # to this node, and a reference cycle through autograd nodes is never collected.
+        ctx.values, ctx.rms_inv, ctx.block_shape = values, None if cache.rms_inv is None else cache.rms_inv[:n], cache.shape
+        ctx.n, ctx.score = n, score
         ctx.block_dtypes = [b.dtype for b in blocks]
         ctx.save_for_backward(queries, gains, a, raw)
         outs = tuple(out[:, :, j] for j in range(n_q))
@@ -150,10 +153,9 @@ class _Phase1(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         queries, gains, a, raw = ctx.saved_tensors
-        cache: BlockCache = ctx.cache
-        n, ct, h, dh = ctx.n, cache.dtype, cache.heads, cache.head_dim
-        values = cache.values[:n]
-        m = values.shape[1]
+        values: Tensor = ctx.values  # [n, M, H, dh]
+        n, m, h, dh = values.shape
+        ct = values.dtype
         n_q = queries.shape[0]
         d_out, d_lse = grads[:n_q], grads[n_q:]
 
@@ -175,7 +177,7 @@ class _Phase1(torch.autograd.Function):
         else:
             dz = a * (1 - a) * da
         u = (queries.to(ct) if gains is None else queries.to(ct) * gains.to(ct)).view(n_q, h, dh)
-        r = None if cache.rms_inv is None else cache.rms_inv[:n]
+        r: Tensor | None = ctx.rms_inv
         draw = dz if r is None else dz * r
         # d values = (mixture term) + (logit term) + (key-norm term, r = (mean(v^2) + eps)^(-1/2),
         # dr/dv = -r^3 v / dh); with one query every term is a broadcast product written
@@ -192,7 +194,7 @@ class _Phase1(torch.autograd.Function):
         du = _logits_grad_query(draw, values).reshape(n_q, h * dh)
         d_queries = du if gains is None else du * gains.to(ct)
         d_gains = None if gains is None else du * queries.to(ct)
-        d_blocks = tuple(d_values[k].reshape(cache.shape).to(dt) for k, dt in enumerate(ctx.block_dtypes))
+        d_blocks = tuple(d_values[k].reshape(ctx.block_shape).to(dt) for k, dt in enumerate(ctx.block_dtypes))
         return (None, None, None, d_queries.to(queries.dtype),
                 None if d_gains is None else d_gains.to(gains.dtype), *d_blocks)
 

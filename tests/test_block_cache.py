@@ -174,3 +174,29 @@ def test_bf16_model_keeps_its_dtype() -> None:
         out.float().square().mean().backward()
     assert out.dtype == torch.bfloat16 and out.isfinite().all()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.residual.parameters())
+
+
+def test_a_training_step_leaves_nothing_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The autograd functions keep the buffer, not the cache: the cache holds the block
+    tensors, whose graphs lead back to the functions' nodes, and such a cycle through
+    autograd nodes is never collected (every step's activations would stay alive)."""
+    import gc
+    import weakref
+
+    import attnres_search.residual.attnres as attnres_module
+
+    caches: list[weakref.ref] = []
+
+    class Tracked(BlockCache):
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            caches.append(weakref.ref(self))
+
+    monkeypatch.setattr(attnres_module, "BlockCache", Tracked)
+    for name in ("full", "block-s2"):
+        model = _model(preset(name), torch.float32)
+        for _ in range(3):
+            with use_backend("reference"):
+                model(torch.randint(0, 64, (2, 8))).square().mean().backward()
+    gc.collect()
+    assert len(caches) == 6 and all(ref() is None for ref in caches)
