@@ -20,3 +20,12 @@ def cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a process a test stops with SIGINT: a shell starts background jobs
+    with SIGINT ignored and children inherit that (Python then installs no KeyboardInterrupt
+    handler), so a suite run as ``make test &`` would see Ctrl-C ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -29,6 +29,7 @@ from attnres_search.study.space_file import parse_space
 from attnres_search.study.storage import open_storage
 from attnres_search.study.worker import run_worker
 from attnres_search.training.config import RunConfig, RunResult
+from cli_runner import sigint_default
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def test_launch_after_ctrl_c_redoes_the_interrupted_cells_from_their_checkpoint(
     study = optuna.load_study(study_name="stop", storage=url)
 
     launch = subprocess.Popen([*command, "launch", "stop", "--storage", url, "--workers", "1", "--quiet"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         checkpoints = lambda: list((tmp_path / "runs" / "stop").glob("*/attempt-*/checkpoints/last.ckpt"))  # noqa: E731
         _wait_for(lambda: bool(checkpoints()), 300, "the first checkpoint", launch)

@@ -26,6 +26,7 @@ from attnres_search.study.handle import open_study
 from attnres_search.study.storage import open_storage
 from attnres_search.study.worker import run_worker
 from tests.cli_runner import cli as run_cli
+from tests.cli_runner import sigint_default
 from tests.pg_server import postgres_url  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -229,7 +230,7 @@ def test_launch_forwards_ctrl_c_and_reports_each_worker(tmp_path: Path, sig: sig
     study = optuna.load_study(study_name="stop", storage=url)
     launch = subprocess.Popen([sys.executable, "-m", "attnres_search", "launch", "stop", "--storage", url,
                                "--workers", "2", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, preexec_fn=sigint_default)
     try:
         _wait_for(lambda: len(study.get_trials(states=(TrialState.RUNNING,))) == 2, 120, "two running trials", launch)
         launch.send_signal(sig)
