@@ -56,11 +56,11 @@ def use_backend(backend: Backend) -> Iterator[None]:
         set_backend(previous)
 
 
-def reference_only(device: torch.device) -> bool:
-    """Whether every call on ``device`` takes the PyTorch path (backend ``reference``, or
-    ``auto`` off CUDA): then callers may pick PyTorch-only schedules such as
-    :mod:`.block_cache` without asking each kernel."""
-    backend = get_backend()
+def reference_only(device: torch.device, backend: Backend | None = None) -> bool:
+    """Whether every call on ``device`` takes the PyTorch path under ``backend`` (default: the
+    one in force): ``reference``, or ``auto`` off CUDA. Callers may then pick PyTorch-only
+    schedules such as :mod:`.block_cache` without asking each kernel."""
+    backend = get_backend() if backend is None else backend
     return backend == "reference" or (backend == "auto" and device.type != "cuda")
 
 
@@ -71,9 +71,9 @@ def kernel_chosen(device: torch.device, unsupported_reason: Callable[[], str | N
     pick the kernel) says why the kernel cannot take the call, or ``None``. Under ``triton``
     a reason is an error naming ``what`` and the reason; under ``auto`` it means the reference.
     """
-    if reference_only(device):
-        return False
     backend = get_backend()
+    if reference_only(device, backend):
+        return False
     reason = unsupported_reason()
     if reason is None:
         return True

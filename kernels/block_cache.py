@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .reference import DEFAULT_EPS, Score, compute_dtype
+from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query, inv_rms
 
 
 class BlockCache:
@@ -73,13 +73,8 @@ class BlockCache:
             slot = self.values[k]
             slot.copy_(block.detach().reshape(slot.shape))
             if self.rms_inv is not None:
-                torch.rsqrt(_mean_square(slot) + self.eps, out=self.rms_inv[k])
+                self.rms_inv[k].copy_(inv_rms(slot, self.eps))
         self.blocks.append(block)
-
-
-def _mean_square(x: Tensor) -> Tensor:
-    """``mean(x^2)`` over the last dim, in one pass (no squared copy)."""
-    return torch.linalg.vecdot(x, x) / x.shape[-1]
 
 
 def _logits(values: Tensor, u: Tensor) -> Tensor:
@@ -130,7 +125,7 @@ class _Phase1(torch.autograd.Function):
         values = cache.values[:n]  # [n, M, H, dh], contiguous
         m = values.shape[1]
         n_q = queries.shape[0]
-        u = (queries.to(ct) if gains is None else queries.to(ct) * gains.to(ct)).view(n_q, h, dh)
+        u = folded_query(queries, gains, ct).view(n_q, h, dh)
         raw = _logits(values, u)  # [S, n, M, H]
         z = raw if cache.rms_inv is None else raw * cache.rms_inv[:n]
         if score == "softmax":
@@ -176,7 +171,7 @@ class _Phase1(torch.autograd.Function):
             dz = a * (da - inner)
         else:
             dz = a * (1 - a) * da
-        u = (queries.to(ct) if gains is None else queries.to(ct) * gains.to(ct)).view(n_q, h, dh)
+        u = folded_query(queries, gains, ct).view(n_q, h, dh)
         r: Tensor | None = ctx.rms_inv
         draw = dz if r is None else dz * r
         # d values = (mixture term) + (logit term) + (key-norm term, r = (mean(v^2) + eps)^(-1/2),
@@ -225,9 +220,9 @@ class _Phase2(torch.autograd.Function):
         ct = o.dtype
         m, h, dh = o.shape
         p = partial.reshape(m, h, dh).to(ct)
-        u = (query.to(ct) if gain is None else query.to(ct) * gain.to(ct)).view(h, dh)
+        u = folded_query(query, gain, ct).view(h, dh)
         raw = (p.view(m, dh) @ u.view(dh)).view(m, 1) if h == 1 else (p * u).sum(-1)  # [M, H]
-        r = None if gain is None else torch.rsqrt(_mean_square(p) + eps)
+        r = None if gain is None else inv_rms(p, eps)
         z = raw if r is None else raw * r
         if lse is not None:  # softmax: weight of the completed blocks together
             a = torch.sigmoid(lse - z)
@@ -245,7 +240,7 @@ class _Phase2(torch.autograd.Function):
         ct = o.dtype
         m, h, dh = o.shape
         d_h = d_h.to(ct)
-        u = (query.to(ct) if gain is None else query.to(ct) * gain.to(ct)).view(h, dh)
+        u = folded_query(query, gain, ct).view(h, dh)
         a_ = a.unsqueeze(-1)
         if ctx.softmax:
             d_a = torch.linalg.vecdot(d_h, o - p)  # [M, H]

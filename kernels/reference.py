@@ -26,6 +26,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def folded_query(query: Tensor, gain: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``query * gain`` in ``dtype``: w . (g * V / rms(V)) = ((w * g) . V) / rms(V), so the key
+    norm's gain folds into the query and the keys need not be materialised."""
+    return query.to(dtype) if gain is None else query.to(dtype) * gain.to(dtype)
+
+
+def inv_rms(x: Tensor, eps: float) -> Tensor:
+    """``1 / sqrt(mean(x^2) + eps)`` over the last dim, in one pass over ``x`` (no squared copy)."""
+    return torch.rsqrt(torch.linalg.vecdot(x, x) / x.shape[-1] + eps)
+
+
 def depth_logits(
     sources: Tensor,
     query: Tensor,
@@ -51,7 +62,7 @@ def depth_logits(
     # w . (g * V / rms(V)) = ((w * g) . V) / rms(V): folding the gain into the query turns the
     # logits into one matrix-vector product, and the statistics into one norm, so the sources
     # are read twice instead of materialising normalised keys (this path is memory-bound).
-    u = query.to(ct) if gain is None else query.to(ct) * gain.to(ct)
+    u = folded_query(query, gain, ct)
     if heads == 1 and query.dim() == 1:
         logits = (v @ u).unsqueeze(-1)  # [n, *tok, 1]
     else:

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .backend import kernel_chosen
-from .reference import DEFAULT_EPS, Score, compute_dtype, depth_logits
+from .reference import DEFAULT_EPS, Score, compute_dtype, depth_logits, folded_query
 from .runtime import KERNEL_DTYPES, two_phase_unsupported_reason, unavailable_reason
 
 
@@ -106,7 +106,7 @@ def _phase1_torch(
     n_q, d = queries.shape
     dh = d // heads
     v = blocks.to(ct).unflatten(-1, (heads, dh))  # [N, *tok, H, dh]
-    u = queries.to(ct) if gains is None else queries.to(ct) * gains.to(ct)
+    u = folded_query(queries, gains, ct)
     logits = torch.einsum("n...hc,shc->sn...h", v, u.view(n_q, heads, dh))  # [S, N, *tok, H]
     if gains is not None:
         # w . (g * V / rms(V)) = ((w * g) . V) / rms(V): one RMS per block, shared by all S queries.

@@ -74,14 +74,14 @@ COMPILED = "+compile"
 
 
 def bench_variants(
-    presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any, compile: bool = False,
-    compile_mode: str = "default",
+    presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any,
+    compile_mode: str | None = None,
 ) -> dict[str, float]:
-    """Median milliseconds per optimizer step for each preset (and, with ``compile``, each
-    compiled preset under the key ``name + COMPILED``), interleaved."""
+    """Median milliseconds per optimizer step for each preset (and, with a ``compile_mode``,
+    each preset compiled in that mode under the key ``name + COMPILED``), interleaved."""
     autocast = device.type == "cuda"
     steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast) for name in presets}
-    if compile:
+    if compile_mode is not None:
         for name in presets:
             steps[name + COMPILED] = _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast,
                                                          compile_mode=compile_mode)
@@ -248,9 +248,9 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shape = dict(layers=layers, width=width, heads=heads, seq_len=seq_len, batch_size=batch_size)
     presets = list(dict.fromkeys(["baseline", block_preset, "full", "mhc"]))
+    mode = compile_mode if compile_too else None
     try:
-        variant_ms = bench_variants(presets, shape, warmup, repeats, device, compile=compile_too,
-                                    compile_mode=compile_mode)
+        variant_ms = bench_variants(presets, shape, warmup, repeats, device, compile_mode=mode)
         loop_ms = None if no_loops else bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
@@ -259,7 +259,7 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     if as_json:
         result: dict[str, Any] = {
             "device": device_name, "shape": shape, "warmup": warmup, "repeats": repeats, "rows": rows,
-            "compile_mode": compile_mode if compile_too else None,
+            "compile_mode": mode,
             "loops": None if loop_ms is None else {
                 "bare_ms": loop_ms["bare"], "lightning_ms": loop_ms["lightning"],
                 "lightning_vs_bare": loop_ms["lightning"] / loop_ms["bare"],

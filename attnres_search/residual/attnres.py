@@ -208,13 +208,18 @@ class AttnResRule(ResidualRule):
                                      key_norm=self.cfg.key_norm == "rmsnorm", eps=self.eps)
         return state
 
+    def _schedule_position(self, i: int) -> tuple[int, int, Tensor | None]:
+        """For the two-phase schedule: point i's layer index j within its block, how many
+        queries its block's phase 1 scores (the head is a block of one query over every
+        completed block), and the key-norm gains (``None`` without key norm)."""
+        j, n_queries = (i % self.block_size, self.block_size) if i < self.n_sublayers else (0, 1)
+        return j, n_queries, self.key_gains if self.cfg.key_norm == "rmsnorm" else None
+
     def _mix_cached(self, i: int, state: _State) -> Tensor:
         """Layer i's input from the block cache: phase 1 when its block opens, then phase 2."""
         assert state.cache is not None
-        j = i % self.block_size if i < self.n_sublayers else 0
-        gains = self.key_gains if self.cfg.key_norm == "rmsnorm" else None
+        j, n_queries, gains = self._schedule_position(i)
         if j == 0:
-            n_queries = self.block_size if i < self.n_sublayers else 1
             state.mixtures, state.lses = phase1_cached(
                 state.cache, self.queries[i : i + n_queries], None if gains is None else gains[i : i + n_queries],
                 score=self.cfg.score)  # type: ignore[arg-type]
@@ -234,10 +239,8 @@ class AttnResRule(ResidualRule):
     def _mix_two_phase(self, i: int, state: _State) -> Tensor:
         """Layer i's input by the two-phase schedule: phase 1 when its block opens (the head
         is a block of one query over every completed block), phase 2 for the partial sum."""
-        j = i % self.block_size if i < self.n_sublayers else 0
-        gains = self.key_gains if self.cfg.key_norm == "rmsnorm" else None
+        j, n_queries, gains = self._schedule_position(i)
         if j == 0:
-            n_queries = self.block_size if i < self.n_sublayers else 1
             state.phase1 = phase1(self._stacked(state), self.queries[i : i + n_queries],
                                   None if gains is None else gains[i : i + n_queries],
                                   score=self.cfg.score, heads=self.cfg.heads, eps=self.eps)  # type: ignore[arg-type]

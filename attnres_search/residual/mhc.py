@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from attnres_search.kernels.reference import compute_dtype
+from attnres_search.kernels.reference import compute_dtype, inv_rms
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
 
@@ -145,8 +145,7 @@ class MHCRule(ResidualRule):
         # phi . RMSNorm(x) = (phi . x) / rms(x): project the raw streams and scale the few
         # coefficients per token, instead of writing (and differentiating) a normalised copy.
         x = streams.flatten(-2).to(ct).flatten(0, -2)  # [tokens, m*d]
-        inv_rms = torch.rsqrt(torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(1e-6)).unsqueeze(-1)
-        coeff = torch.addcmul(self.bias[i].to(ct), x @ self.phi[i].to(ct), inv_rms)
+        coeff = torch.addcmul(self.bias[i].to(ct), x @ self.phi[i].to(ct), inv_rms(x, 1e-6).unsqueeze(-1))
         coeff = coeff.view(*streams.shape[:-2], -1)
         pre = torch.sigmoid(coeff[..., :m])
         post = 2 * torch.sigmoid(coeff[..., m : 2 * m])
