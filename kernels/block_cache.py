@@ -2,19 +2,30 @@
 hand-written backwards: the PyTorch eager path of Block and Full AttnRes training.
 
 Why a buffer: stacking ``[b_0..b_{n-1}]`` again at every block boundary (at every layer for
-Full AttnRes) copies O(N^2) blocks per forward. :class:`BlockCache` keeps them block-major
-in one preallocated tensor ``[capacity, *tokens, d]``; :meth:`BlockCache.append` writes a
-completed block into the next slot once (nothing already there moves) and computes its key
-RMS once, which every later layer reuses.
+Full AttnRes) copies O(N^2) blocks per forward. :class:`BlockCache` keeps them token-major
+in one preallocated tensor ``[M * heads, capacity, d / heads]`` (``M`` tokens), so the blocks
+a phase 1 reads are one strided operand of a batched matrix product; appending writes a
+completed block once and nothing already there moves.
 
-Why hand-written backwards: written with autograd, phase 1's contractions over the few
-blocks run as batched matmuls of tiny matrices or broadcast temporaries ``[S, N, *tok, d]``,
-and phase 2 is a dozen elementwise ops each saved for backward. Here phase 1 is one
-matrix product for the logits of all ``S`` queries and one batched product for the
-mixtures, forward and backward, and phase 2 a handful of passes over the layer's tensors.
-The cache is written outside autograd; the functions take the original block tensors as
-their inputs so that gradients reach them directly, and read the values from the buffer
-(slots below ``n`` are never written again while the forward runs).
+Why each block's logits are computed when it is appended: pseudo-queries are parameters,
+known before the forward runs, so block ``k``'s logits under every point that will read it
+are one matrix product ``[M, d] x [d, P_k]`` (and its key RMS one pass), done once while the
+block is still in cache. A phase 1 then gathers its ``[M, n, S]`` logits, takes the softmax
+and reads the blocks once for the mixtures.
+
+Why gradients go into buffers: written with autograd, each block would receive one
+gradient tensor per phase 1 that read it, and autograd would sum them (a pass per pair).
+Here each backward writes what it knows once: phase 2 and phase 1 put the gradient of every
+point's mixture into ``[M * heads, points, dh]``, phase 1 its logit gradients into
+``[M * heads, capacity, points]``, and block ``k``'s whole gradient (mixtures: one batched
+product over the points that read it; logits; key norm; its queries' share) is formed once,
+by the node that appended it. Autograd's edges only order the nodes: that node's output (a
+zero-size tensor) is an input of every phase 1 that read the block, and every phase 2 takes
+its phase-1 mixture as an input, so autograd runs each writer before its reader.
+
+The autograd nodes keep the buffers, never the cache: the cache holds the block tensors and
+the edges, whose graphs lead back to those nodes, and a reference cycle through autograd
+nodes is never collected.
 
 The equations are those of :mod:`.two_phase` (phase 1: every query of a block against the
 completed blocks, keeping each mixture and its log-sum-exp; phase 2: one online-softmax
@@ -32,197 +43,182 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query, inv_rms
 
 
-class BlockCache:
-    """``b_0..b_{n-1}`` of one forward pass, block-major in one buffer, with their key RMS.
+class _Buffers:
+    """One forward's buffers, shared by its nodes. Forward: ``values[R, capacity, dh]``,
+    ``logits[R, capacity, P]`` (block ``k`` under point ``p``) and, when gradients are
+    needed, ``weights`` (same shape: the mixing weight phase 1 gave block ``k`` at point
+    ``p``); backward, allocated by the first node that writes: ``d_out[R, P, dh]`` (the
+    gradient of each point's mixture) and ``d_logits`` (shaped as ``logits``)."""
 
-    ``values[k]``: block ``k`` in the compute dtype (float32; float64 for float64 blocks)
-    as ``[M, heads, d / heads]`` (``M`` tokens); ``rms_inv[k]``: ``1 / rms`` of each head of
-    it (``None`` without key norm); ``blocks``: the original tensors, autograd's inputs.
-    """
+    def __init__(self, rows: int, capacity: int, points: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, heads: int) -> None:
+        self.heads = heads
+        self.values = torch.empty(rows, capacity, head_dim, dtype=dtype, device=device)
+        self.logits = torch.empty(rows, capacity, points, dtype=dtype, device=device)
+        self.weights: Tensor | None = None
+        self.d_out: Tensor | None = None
+        self.d_logits: Tensor | None = None
 
-    def __init__(self, first: Tensor, capacity: int, *, heads: int = 1, key_norm: bool = True,
-                 eps: float = DEFAULT_EPS) -> None:
-        d = first.shape[-1]
-        if heads < 1 or d % heads:
-            raise ValueError(f"heads={heads} does not divide d={d}")
-        self.shape = first.shape
-        self.heads, self.head_dim, self.eps = heads, d // heads, eps
-        self.dtype = compute_dtype(first.dtype)
-        n_tok = first.numel() // d
-        self.values = torch.empty(capacity, n_tok, heads, d // heads, dtype=self.dtype, device=first.device)
-        self.rms_inv = (torch.empty(capacity, n_tok, heads, dtype=self.dtype, device=first.device)
-                        if key_norm else None)
-        self.blocks: list[Tensor] = []
-        self.append(first)
+    def out_grads(self) -> Tensor:
+        if self.d_out is None:
+            rows, _, dh = self.values.shape
+            self.d_out = self.values.new_zeros(rows, self.logits.shape[2], dh)
+        return self.d_out
 
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def append(self, block: Tensor) -> None:
-        """Write a completed block into the next slot (and its key RMS), outside autograd."""
-        if block.shape != self.shape:
-            raise ValueError(f"block shape {tuple(block.shape)} differs from the first block's {tuple(self.shape)}")
-        k = len(self.blocks)
-        if k == self.values.shape[0]:
-            raise ValueError(f"the cache holds {k} blocks, its capacity")
-        with torch.no_grad():
-            slot = self.values[k]
-            slot.copy_(block.detach().reshape(slot.shape))
-            if self.rms_inv is not None:
-                self.rms_inv[k].copy_(inv_rms(slot, self.eps))
-        self.blocks.append(block)
+    def logit_grads(self) -> Tensor:
+        if self.d_logits is None:
+            self.d_logits = torch.zeros_like(self.logits)
+        return self.d_logits
 
 
-def _logits(values: Tensor, u: Tensor) -> Tensor:
-    """``raw[S, n, M, H] = u[S, H, :] . values[n, M, H, :]``: one matmul (batched over heads),
-    the wide operand on the right, which BLAS runs several times faster than its transpose."""
-    n, m, h, dh = values.shape
-    s = u.shape[0]
+def _per_head(v: Tensor, u: Tensor) -> Tensor:
+    """``out[M, H, P] = v[M, H, :] . u[P, H, :]``: one matrix product (batched over heads)."""
+    m, h, dh = v.shape
     if h == 1:
-        return (u.view(s, dh) @ values.view(n * m, dh).T).view(s, n, m, 1)
-    per_head = torch.matmul(u.transpose(0, 1), values.view(n * m, h, dh).permute(1, 2, 0))  # [H, S, nM]
-    return per_head.permute(1, 2, 0).reshape(s, n, m, h)
+        return (v.view(m, dh) @ u.view(-1, dh).T).view(m, 1, -1)
+    return torch.matmul(v.transpose(0, 1), u.permute(1, 2, 0)).transpose(0, 1)
 
 
-def _logits_grad_values(draw: Tensor, u: Tensor) -> Tensor:
-    """``sum_s draw[s, n, M, H] * u[s, H, :]`` as ``[n, M, H, dh]``: the logits' gradient on the values."""
-    s, n, m, h = draw.shape
-    if h == 1:
-        return (draw.reshape(s, n * m).T @ u.view(s, -1)).view(n, m, 1, -1)
-    per_head = torch.matmul(draw.permute(3, 1, 2, 0).reshape(h, n * m, s), u.transpose(0, 1))  # [H, nM, dh]
-    return per_head.transpose(0, 1).reshape(n, m, h, -1)
+class _Append(torch.autograd.Function):
+    """Write block ``k`` into its slot, with its logits under points ``first..P-1``; return a
+    zero-size edge that every phase 1 reading the block takes as an input. The backward
+    forms the block's whole gradient and its queries' share."""
 
+    @staticmethod
+    def forward(ctx: Any, buf: _Buffers, k: int, first: int, eps: float, key_norm: bool, block: Tensor,
+                points: Tensor) -> Tensor:
+        rows, cap, dh = buf.values.shape
+        h = buf.heads
+        m, n_points = rows // h, buf.logits.shape[2]
+        v = block.reshape(m, h, dh).to(buf.values.dtype)
+        buf.values.view(m, h, cap, dh)[:, :, k].copy_(v)
+        z = _per_head(v, points[first:].view(n_points - first, h, dh))  # [M, H, P_k]
+        r = inv_rms(v, eps) if key_norm else None
+        if r is not None:
+            z *= r.unsqueeze(-1)
+        buf.logits.view(m, h, cap, n_points)[:, :, k, first:] = z
+        ctx.buf, ctx.k, ctx.first = buf, k, first
+        ctx.block_shape, ctx.block_dtype = block.shape, block.dtype
+        ctx.save_for_backward(points, r)
+        return points.new_zeros(n_points)
 
-def _logits_grad_query(draw: Tensor, values: Tensor) -> Tensor:
-    """``du[s, H, :] = sum_{n, M} draw[s, n, M, H] * values[n, M, H, :]``."""
-    n, m, h, dh = values.shape
-    s = draw.shape[0]
-    if h == 1:
-        return (draw.reshape(s, n * m) @ values.view(n * m, dh)).view(s, 1, dh)
-    du = torch.matmul(draw.permute(3, 0, 1, 2).reshape(h, s, n * m), values.view(n * m, h, dh).transpose(0, 1))
-    return du.transpose(0, 1)  # [S, H, dh]
-
-
-def _token_major(a: Tensor) -> Tensor:
-    """``a[S, n, M, H]`` as ``[M * H, S, n]`` matrices, contiguous: CPU ``bmm`` falls back to
-    one GEMM per token for some strides of a one-query ``[1, n]`` matrix (and it is small)."""
-    s, n, m, h = a.shape
-    return a.permute(2, 3, 0, 1).contiguous().view(m * h, s, n)
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, fresh: Tensor) -> tuple[Tensor | None, ...]:
+        points, r = ctx.saved_tensors
+        buf: _Buffers = ctx.buf
+        k, first, h = ctx.k, ctx.first, buf.heads
+        rows, cap, dh = buf.values.shape
+        m, n_points = rows // h, buf.logits.shape[2]
+        none = (None,) * 5
+        if buf.d_logits is None or buf.weights is None or buf.d_out is None:
+            return (*none, None, None)  # no phase 1 that read this block reached the loss
+        v = buf.values.view(m, h, cap, dh)[:, :, k]  # [M, H, dh], strided
+        # Mixtures: sum over the points p that read the block of weight[p] * d_out[p], one
+        # product per (token, head) row over the P_k points.
+        # ``fresh[p]`` is 1 where the phase 1 of point p ran in this backward pass (the sum of
+        # the masks they returned for this edge): rows of points it did not reach may hold an
+        # earlier pass's values, so they are masked out.
+        mask = fresh[first:]
+        w = (buf.weights[:, k, first:] * mask).unsqueeze(1)  # [R, 1, P_k]
+        mixed = torch.bmm(w, buf.d_out[:, first:]).view(m, h, dh)
+        dz = (buf.d_logits[:, k, first:] * mask).view(m, h, -1)  # [M, H, P_k]
+        u = points[first:].view(-1, h, dh)
+        draw = dz if r is None else dz * r.unsqueeze(-1)
+        # Logits: draw . u; key norm: r = (mean(v^2) + eps)^(-1/2), dr/dv = -r^3 v / dh, and
+        # sum_p dz raw = sum_p dz z / r.
+        if h == 1:
+            dv = torch.addmm(mixed.view(m, dh), draw.view(m, -1), u.view(-1, dh)).view(m, 1, dh)
+        else:
+            dv = mixed.add_(torch.matmul(draw.transpose(0, 1), u.transpose(0, 1)).transpose(0, 1))
+        if r is not None:
+            z = buf.logits.view(m, h, cap, n_points)[:, :, k, first:]  # where dz is 0, z does not matter
+            dv.addcmul_(v, (torch.linalg.vecdot(dz, z) * r.square()).unsqueeze(-1), value=-1.0 / dh)
+        if h == 1:
+            du = draw.view(m, -1).T @ v.view(m, dh)
+        else:
+            du = torch.matmul(draw.permute(1, 2, 0), v.transpose(0, 1)).transpose(0, 1)  # [P_k, H, dh]
+        d_points = torch.zeros_like(points)
+        d_points[first:] = du.reshape(-1, h * dh)
+        return (*none, dv.reshape(ctx.block_shape).to(ctx.block_dtype), d_points)
 
 
 class _Phase1(torch.autograd.Function):
-    """Every query of a block against cached blocks ``0..n-1``: per query, the mixture
+    """Points ``first..first+S-1`` against cached blocks ``0..n-1``: per point the mixture
     ``[M, H, dh]`` and its log-sum-exp ``[M, H]`` (sigmoid: the gated sum, no lse)."""
 
     @staticmethod
-    def forward(ctx: Any, cache: BlockCache, n: int, score: str, queries: Tensor, gains: Tensor | None,
-                *blocks: Tensor) -> tuple[Tensor, ...]:
-        ct, h, dh = cache.dtype, cache.heads, cache.head_dim
-        values = cache.values[:n]  # [n, M, H, dh], contiguous
-        m = values.shape[1]
-        n_q = queries.shape[0]
-        u = folded_query(queries, gains, ct).view(n_q, h, dh)
-        raw = _logits(values, u)  # [S, n, M, H]
-        z = raw if cache.rms_inv is None else raw * cache.rms_inv[:n]
-        if score == "softmax":
-            lse = torch.logsumexp(z, dim=1)  # [S, M, H]
+    def forward(ctx: Any, buf: _Buffers, n: int, first: int, n_q: int, softmax: bool,
+                *edges: Tensor) -> tuple[Tensor, ...]:
+        rows, _, dh = buf.values.shape
+        m, h = rows // buf.heads, buf.heads
+        z = buf.logits[:, :n, first : first + n_q]  # [R, n, S]
+        if softmax:
+            lse = torch.logsumexp(z, 1)  # [R, S]
             a = torch.exp(z - lse.unsqueeze(1))
         else:
             lse, a = None, torch.sigmoid(z)
-        # Mixtures: for each (token, head), [S, n] @ [n, dh], batched; the values' view is strided, not copied.
-        v_b = values.permute(1, 2, 0, 3).reshape(m * h, n, dh)
-        out = torch.bmm(_token_major(a), v_b).view(m, h, n_q, dh)
-        # The buffer, not the cache: the cache holds the block tensors, whose graphs lead back
-        # to this node, and a reference cycle through autograd nodes is never collected.
-        ctx.values, ctx.rms_inv, ctx.block_shape = values, None if cache.rms_inv is None else cache.rms_inv[:n], cache.shape
-        ctx.n, ctx.score = n, score
-        ctx.block_dtypes = [b.dtype for b in blocks]
-        ctx.save_for_backward(queries, gains, a, raw)
+        if buf.weights is not None:
+            buf.weights[:, :n, first : first + n_q] = a
+        a_t = a.transpose(1, 2).contiguous()  # [R, S, n]; CPU bmm is slow on transposed one-row operands
+        out = torch.bmm(a_t, buf.values[:, :n]).view(m, h, n_q, dh)
+        ctx.buf, ctx.n, ctx.first, ctx.softmax = buf, n, first, softmax
+        ctx.save_for_backward(a_t)
+        ctx.set_materialize_grads(False)
         outs = tuple(out[:, :, j] for j in range(n_q))
-        return outs if lse is None else outs + tuple(lse.unbind(0))
+        return outs if lse is None else outs + lse.view(m, h, n_q).unbind(2)
 
     @staticmethod
-    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
-        queries, gains, a, raw = ctx.saved_tensors
-        values: Tensor = ctx.values  # [n, M, H, dh]
-        n, m, h, dh = values.shape
-        ct = values.dtype
-        n_q = queries.shape[0]
-        d_out, d_lse = grads[:n_q], grads[n_q:]
-
-        def stacked(parts: tuple[Tensor | None, ...], shape: tuple[int, ...], dim: int) -> Tensor:
-            return torch.stack([torch.zeros(shape, dtype=ct, device=values.device) if g is None else g.to(ct)
-                                for g in parts], dim=dim)
-
-        dout = stacked(d_out, (m, h, dh), 2).view(m * h, n_q, dh)
-        v_b = values.permute(1, 2, 0, 3).reshape(m * h, n, dh)
-        if n_q == 1:  # one query (Full AttnRes, the head): per-source dot products, no GEMM
-            da = torch.linalg.vecdot(values, dout.view(1, m, h, dh)).unsqueeze(0)  # [1, n, M, H]
-        else:
-            da = torch.bmm(dout, v_b.transpose(1, 2)).view(m, h, n_q, n).permute(2, 3, 0, 1)  # [S, n, M, H]
-        if ctx.score == "softmax":
-            inner = (a * da).sum(1, keepdim=True)
+    @once_differentiable
+    def backward(ctx: Any, *grad_outputs: Tensor | None) -> tuple[Tensor | None, ...]:
+        (a,) = ctx.saved_tensors  # [R, S, n]
+        buf: _Buffers = ctx.buf
+        n, first = ctx.n, ctx.first
+        rows, n_q, _ = a.shape
+        d_out = buf.out_grads()
+        # A layer that merged a partial sum wrote its mixture's gradient already (phase 2); a
+        # layer that read the mixture as it is (the first of a block) left it to autograd.
+        for j, g in enumerate(grad_outputs[:n_q]):
+            row = d_out[:, first + j]
+            if g is None:
+                row.zero_()
+            elif not (g.data_ptr() == row.data_ptr() and g.reshape(rows, -1).stride() == row.stride()):
+                row.copy_(g.reshape(rows, -1))
+        da = torch.bmm(d_out[:, first : first + n_q], buf.values[:, :n].transpose(1, 2))  # [R, S, n]
+        if ctx.softmax:
+            inner = torch.linalg.vecdot(a, da).unsqueeze(-1)
+            d_lse = grad_outputs[n_q:]
             if any(g is not None for g in d_lse):
-                inner -= stacked(d_lse, (m, h), 0).unsqueeze(1)
+                inner -= torch.stack([a.new_zeros(rows) if g is None else g.to(a.dtype).reshape(rows)
+                                      for g in d_lse], dim=1).unsqueeze(-1)
             dz = a * (da - inner)
         else:
             dz = a * (1 - a) * da
-        u = folded_query(queries, gains, ct).view(n_q, h, dh)
-        r: Tensor | None = ctx.rms_inv
-        draw = dz if r is None else dz * r
-        # d values = (mixture term) + (logit term) + (key-norm term, r = (mean(v^2) + eps)^(-1/2),
-        # dr/dv = -r^3 v / dh); with one query every term is a broadcast product written
-        # straight into the block-major layout, otherwise the first two are matrix products.
-        if n_q == 1:
-            d_values = a[0].unsqueeze(-1) * dout.view(1, m, h, dh)
-            d_values.addcmul_(draw[0].unsqueeze(-1), u)
-        else:
-            d_values = _logits_grad_values(draw, u)
-            d_values += torch.bmm(_token_major(a).transpose(1, 2), dout).view(m, h, n, dh).permute(2, 0, 1, 3)
-        if r is not None:
-            d_r = (dz * raw).sum(0)
-            d_values.addcmul_(values, (d_r * r.pow(3)).unsqueeze(-1), value=-1.0 / dh)
-        du = _logits_grad_query(draw, values).reshape(n_q, h * dh)
-        d_queries = du if gains is None else du * gains.to(ct)
-        d_gains = None if gains is None else du * queries.to(ct)
-        d_blocks = tuple(d_values[k].reshape(ctx.block_shape).to(dt) for k, dt in enumerate(ctx.block_dtypes))
-        return (None, None, None, d_queries.to(queries.dtype),
-                None if d_gains is None else d_gains.to(gains.dtype), *d_blocks)
-
-
-def phase1_cached(cache: BlockCache, queries: Tensor, gains: Tensor | None, *,
-                  score: Score = "softmax") -> tuple[list[Tensor], list[Tensor] | None]:
-    """Phase 1 over every block in ``cache``: per query ``j`` the mixture ``[M, H, dh]`` and,
-    for softmax, its log-sum-exp ``[M, H]``. ``queries``/``gains``: ``[S, d]``."""
-    n = len(cache)
-    if queries.dim() != 2 or queries.shape[1] != cache.heads * cache.head_dim:
-        raise ValueError(f"queries must be [S, {cache.heads * cache.head_dim}], got {tuple(queries.shape)}")
-    if (gains is None) != (cache.rms_inv is None):
-        raise ValueError("gains must be given exactly when the cache keeps key norms")
-    if score not in ("softmax", "sigmoid"):
-        raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
-    res = _Phase1.apply(cache, n, score, queries, gains, *cache.blocks)
-    n_q = queries.shape[0]
-    outs = list(res[:n_q])
-    return outs, (list(res[n_q:]) if score == "softmax" else None)
+        buf.logit_grads()[:, :n, first : first + n_q] = dz.transpose(1, 2)
+        mask = a.new_zeros(buf.logits.shape[2])
+        mask[first : first + n_q] = 1
+        return (None,) * 5 + tuple(mask.clone() for _ in range(n))
 
 
 class _Phase2(torch.autograd.Function):
-    """Merge a partial sum into a phase-1 mixture (see :mod:`.two_phase`)."""
+    """Merge a partial sum into a phase-1 mixture (see :mod:`.two_phase`). The mixture's
+    gradient is written into the point's row of the cache's buffer, and that row is what
+    autograd hands to phase 1 (which then has nothing to copy)."""
 
     @staticmethod
-    def forward(ctx: Any, o: Tensor, lse: Tensor | None, partial: Tensor, query: Tensor, gain: Tensor | None,
-                heads: int, eps: float) -> Tensor:
+    def forward(ctx: Any, o: Tensor, lse: Tensor | None, partial: Tensor, u: Tensor, key_norm: bool, eps: float,
+                buf: _Buffers, point: int) -> Tensor:
         ct = o.dtype
         m, h, dh = o.shape
         p = partial.reshape(m, h, dh).to(ct)
-        u = folded_query(query, gain, ct).view(h, dh)
+        u = u.to(ct).view(h, dh)
         raw = (p.view(m, dh) @ u.view(dh)).view(m, 1) if h == 1 else (p * u).sum(-1)  # [M, H]
-        r = None if gain is None else inv_rms(p, eps)
+        r = inv_rms(p, eps) if key_norm else None
         z = raw if r is None else raw * r
         if lse is not None:  # softmax: weight of the completed blocks together
             a = torch.sigmoid(lse - z)
@@ -231,25 +227,28 @@ class _Phase2(torch.autograd.Function):
             a = torch.sigmoid(z)
             out = torch.addcmul(o, p, a.unsqueeze(-1))
         ctx.softmax, ctx.partial_dtype, ctx.partial_shape = lse is not None, partial.dtype, partial.shape
-        ctx.save_for_backward(o, p, query, gain, a, raw, r)
+        ctx.u_dtype, ctx.buf, ctx.point = u.dtype, buf, point
+        ctx.save_for_backward(o, p, u, a, raw, r)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, d_h: Tensor) -> tuple[Tensor | None, ...]:
-        o, p, query, gain, a, raw, r = ctx.saved_tensors
+        o, p, u, a, raw, r = ctx.saved_tensors
         ct = o.dtype
         m, h, dh = o.shape
-        d_h = d_h.to(ct)
-        u = folded_query(query, gain, ct).view(h, dh)
+        d_h = d_h.to(ct).reshape(m, h, dh)
         a_ = a.unsqueeze(-1)
+        d_o = ctx.buf.out_grads()[:, ctx.point].view(m, h, dh)
         if ctx.softmax:
             d_a = torch.linalg.vecdot(d_h, o - p)  # [M, H]
-            d_o = d_h * a_
+            torch.mul(d_h, a_, out=d_o)
             d_p = d_h - d_o
             d_lse = d_a * a * (1 - a)
             d_z = -d_lse
         else:
-            d_o, d_lse = d_h, None
+            d_o.copy_(d_h)
+            d_lse = None
             d_z = torch.linalg.vecdot(d_h, p) * a * (1 - a)
             d_p = d_h * a_
         draw = d_z if r is None else d_z * r
@@ -261,14 +260,89 @@ class _Phase2(torch.autograd.Function):
         else:
             d_p.addcmul_(draw.unsqueeze(-1), u)
             du = (draw.unsqueeze(-1) * p).sum(0).view(h * dh)
-        d_query = du if gain is None else du * gain.to(ct)
-        d_gain = None if gain is None else du * query.to(ct)
-        return (d_o, d_lse, d_p.reshape(ctx.partial_shape).to(ctx.partial_dtype), d_query.to(query.dtype),
-                None if d_gain is None else d_gain.to(gain.dtype), None, None)
+        return (d_o, d_lse, d_p.reshape(ctx.partial_shape).to(ctx.partial_dtype), du.to(ctx.u_dtype),
+                None, None, None, None)
 
 
-def phase2_cached(o: Tensor, lse: Tensor | None, partial: Tensor, query: Tensor, gain: Tensor | None, *,
-                  eps: float = DEFAULT_EPS) -> Tensor:
-    """Layer input ``[M, H, dh]`` from its phase-1 mixture ``o`` (and ``lse`` for softmax;
-    ``None`` for sigmoid gates) and its partial sum ``[*tokens, d]``."""
-    return _Phase2.apply(o, lse, partial, query, gain, o.shape[1], eps)
+class BlockCache:
+    """``b_0..b_{n-1}`` of one forward pass in one buffer, with their logits under every point,
+    and the open block's phase-1 result.
+
+    ``queries`` / ``gains``: ``[P, d]`` for every point that will read the cache (``gains``
+    ``None``: no key norm). ``values[:, k]``: block ``k`` as ``[M * heads, d / heads]`` in the
+    compute dtype (float32; float64 for float64 blocks); ``logits[:, k, p]``: its normalised
+    logit under point ``p`` (written for the points from the block's first reader on).
+    """
+
+    def __init__(self, first: Tensor, capacity: int, queries: Tensor, gains: Tensor | None, *,
+                 score: Score = "softmax", heads: int = 1, eps: float = DEFAULT_EPS) -> None:
+        d = first.shape[-1]
+        if heads < 1 or d % heads:
+            raise ValueError(f"heads={heads} does not divide d={d}")
+        if queries.dim() != 2 or queries.shape[1] != d or (gains is not None and gains.shape != queries.shape):
+            raise ValueError(f"queries (and gains) must be [points, {d}], got {tuple(queries.shape)}")
+        if score not in ("softmax", "sigmoid"):
+            raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
+        self.shape, self.heads, self.head_dim, self.eps, self.score = first.shape, heads, d // heads, eps, score
+        self.key_norm = gains is not None
+        self.dtype = compute_dtype(first.dtype)
+        self._buf = _Buffers(first.numel() // d * heads, capacity, queries.shape[0], d // heads, self.dtype,
+                             first.device, heads)
+        self.points = folded_query(queries, gains, self.dtype)  # w * g per point, in the compute dtype
+        if torch.is_grad_enabled() and (self.points.requires_grad or first.requires_grad):
+            self._buf.weights = torch.empty_like(self._buf.logits)
+        self.first_reader: list[int] = []
+        self._edges: list[Tensor] = []
+        self._open: tuple[int, list[Tensor], list[Tensor] | None] | None = None
+        self.append(first, 0)
+
+    @property
+    def values(self) -> Tensor:
+        return self._buf.values
+
+    @property
+    def logits(self) -> Tensor:
+        return self._buf.logits
+
+    def __len__(self) -> int:
+        return len(self._edges)
+
+    def append(self, block: Tensor, first_reader: int = 0) -> None:
+        """Write a completed block into the next slot, with its key RMS and its logits under
+        points ``first_reader..P-1`` (the points that will read it)."""
+        if block.shape != self.shape:
+            raise ValueError(f"block shape {tuple(block.shape)} differs from the first block's {tuple(self.shape)}")
+        k = len(self._edges)
+        if k == self.values.shape[1]:
+            raise ValueError(f"the cache holds {k} blocks, its capacity")
+        if not 0 <= first_reader < self.logits.shape[2]:
+            raise ValueError(f"first_reader={first_reader} is not a point (0..{self.logits.shape[2] - 1})")
+        self._edges.append(_Append.apply(self._buf, k, first_reader, self.eps, self.key_norm, block, self.points))
+        self.first_reader.append(first_reader)
+
+    def open_block(self, first: int, n_queries: int) -> None:
+        """Phase 1: points ``first..first + n_queries - 1`` against every cached block."""
+        if n_queries < 1 or first < 0 or first + n_queries > self.logits.shape[2]:
+            raise ValueError(f"points {first}..{first + n_queries - 1} are not all among the cache's "
+                             f"{self.logits.shape[2]} points")
+        late = [k for k, p in enumerate(self.first_reader) if p > first]
+        if late:
+            raise ValueError(f"block {late[0]} has no logits for point {first} (first read by point "
+                             f"{self.first_reader[late[0]]})")
+        res = _Phase1.apply(self._buf, len(self), first, n_queries, self.score == "softmax", *self._edges)
+        self._open = (first, list(res[:n_queries]), list(res[n_queries:]) if self.score == "softmax" else None)
+
+    def layer_input(self, point: int, partial: Tensor | None) -> Tensor:
+        """Point ``point``'s input ``[*tokens, d]``: its phase-1 mixture, merged with its
+        block's partial sum by phase 2 when there is one. Its block must be open."""
+        if self._open is None or not 0 <= point - self._open[0] < len(self._open[1]):
+            raise ValueError(f"point {point} is not in the open block (open_block first)")
+        first, outs, lses = self._open
+        o = outs[point - first]
+        if partial is None:
+            return o.reshape(self.shape)
+        if partial.shape != self.shape:
+            raise ValueError(f"partial sum shape {tuple(partial.shape)} differs from the blocks' {tuple(self.shape)}")
+        h = _Phase2.apply(o, None if lses is None else lses[point - first], partial, self.points[point],
+                          self.key_norm, self.eps, self._buf, point)
+        return h.reshape(self.shape)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnres_search.kernels.backend import use_backend
-from attnres_search.kernels.block_cache import BlockCache, phase1_cached, phase2_cached
+from attnres_search.kernels.block_cache import BlockCache
 from attnres_search.kernels.reference import depth_attention
 from attnres_search.model.config import ModelConfig, preset
 from attnres_search.model.decoder import AttnResLM
@@ -23,20 +23,11 @@ from test_kernel_two_phase_training import check, make_case
 
 def cached_layers(blocks, queries, gains, partials, *, score: str, heads: int):  # type: ignore[no-untyped-def]
     """Every layer input of one block by the cached schedule."""
-    cache = BlockCache(blocks[0], len(blocks) + 1, heads=heads, key_norm=gains is not None)
+    cache = BlockCache(blocks[0], len(blocks) + 1, queries, gains, score=score, heads=heads)  # type: ignore[arg-type]
     for b in blocks[1:]:
         cache.append(b)
-    outs, lses = phase1_cached(cache, queries, gains, score=score)  # type: ignore[arg-type]
-    layers = []
-    for j in range(queries.shape[0]):
-        o = outs[j]
-        if j == 0:
-            layers.append(o.reshape(blocks[0].shape))
-        else:
-            h = phase2_cached(o, None if lses is None else lses[j], partials[j - 1], queries[j],
-                              None if gains is None else gains[j])
-            layers.append(h.reshape(blocks[0].shape))
-    return layers
+    cache.open_block(0, queries.shape[0])
+    return [cache.layer_input(j, None if j == 0 else partials[j - 1]) for j in range(queries.shape[0])]
 
 
 def run_both(case, *, score: str, heads: int):  # type: ignore[no-untyped-def]
@@ -100,23 +91,48 @@ def test_hand_written_backwards_pass_gradcheck(score: str, heads: int) -> None:
 
 
 def test_blocks_are_written_once_and_never_moved() -> None:
+    """Each block lands in its own slot of one buffer (nothing moves when later blocks come),
+    with its normalised logits under every point from its first reader on."""
     first = torch.randn(2, 3, 8, dtype=torch.float64)
-    cache = BlockCache(first, 4, heads=2)
+    queries, gains = torch.randn(5, 8, dtype=torch.float64), 1 + torch.rand(5, 8, dtype=torch.float64)
+    cache = BlockCache(first, 4, queries, gains, heads=2)
     buffer = cache.values.data_ptr()
     later = [torch.randn(2, 3, 8, dtype=torch.float64) for _ in range(3)]
     for k, b in enumerate(later, start=1):
-        cache.append(b)
+        cache.append(b, first_reader=k)
         assert cache.values.data_ptr() == buffer
         for j, want in enumerate([first, *later[:k]]):
-            assert torch.equal(cache.values[j].reshape(want.shape), want)
-            rms = want.unflatten(-1, (2, 4)).square().mean(-1).add(1e-6).rsqrt().reshape(-1, 2)
-            torch.testing.assert_close(cache.rms_inv[j], rms, rtol=1e-14, atol=0)  # type: ignore[index]
+            assert torch.equal(cache.values[:, j].reshape(want.shape), want)
+            heads = want.unflatten(-1, (2, 4)).reshape(6, 2, 4)
+            z = torch.einsum("mhe,phe->mhp", heads, (queries * gains).view(5, 2, 4))
+            z = z * heads.square().mean(-1).add(1e-6).rsqrt().unsqueeze(-1)
+            torch.testing.assert_close(cache.logits.view(6, 2, 4, 5)[:, :, j, j:], z[:, :, j:], rtol=1e-14, atol=0)
     with pytest.raises(ValueError, match="capacity"):
         cache.append(first)
+    with pytest.raises(ValueError, match="block 3 has no logits for point 2"):
+        cache.open_block(2, 1)
+    with pytest.raises(ValueError, match="point 0 is not in the open block"):
+        cache.layer_input(0, None)
     with pytest.raises(ValueError, match="shape"):
-        BlockCache(first, 2).append(torch.zeros(2, 8))
+        BlockCache(first, 2, queries, gains).append(torch.zeros(2, 8))
     with pytest.raises(ValueError, match="heads=3"):
-        BlockCache(first, 2, heads=3)
+        BlockCache(first, 2, queries, gains, heads=3)
+    with pytest.raises(ValueError, match="points 3..5"):
+        BlockCache(first, 2, queries, gains).open_block(3, 3)
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice() -> None:
+    """Phase-1 backwards add mixture gradients into a shared buffer that each block's
+    appending node consumes (and clears): a second backward through the same graph must
+    not see the first one's sums."""
+    blocks, queries, gains, partials, upstream = make_case(4, 2, 8, (3,), key_norm=True, seed=5)
+    leaves = [t.detach().clone().requires_grad_() for t in [*blocks.unbind(0), queries, gains]]
+    layers = cached_layers(leaves[:4], leaves[4], leaves[5], partials, score="softmax", heads=1)
+    loss = sum((h * u).sum() for h, u in zip(layers, upstream))
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    second = torch.autograd.grad(loss, leaves)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 
 LEARNED_QUERY_RULES = ["full", "block-s2", "block-s4", "block-s8", "full-sigmoid", "full-nokeynorm", "block-nokeynorm"]

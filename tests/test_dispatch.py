@@ -49,7 +49,7 @@ def path_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     block-cache paths."""
     from attnres_search.kernels import attend as attend_module
     from attnres_search.kernels import two_phase
-    from attnres_search.residual import attnres
+    from attnres_search.kernels.block_cache import BlockCache
 
     calls: dict[str, list[str]] = {"kernel": [], "reference": []}
 
@@ -65,8 +65,8 @@ def path_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     spy(attend_module, "depth_attention", "reference")
     spy(two_phase, "_phase1_torch", "reference")
     spy(two_phase, "_phase2_torch", "reference")
-    spy(attnres, "phase1_cached", "reference")
-    spy(attnres, "phase2_cached", "reference")
+    spy(BlockCache, "open_block", "reference")
+    spy(BlockCache, "layer_input", "reference")
     if runtime.unavailable_reason(torch.device(DEVICE)) is None:
         from attnres_search.kernels import fused, two_phase_triton
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from attnres_search.kernels.attend import attend
 from attnres_search.kernels.backend import reference_only
-from attnres_search.kernels.block_cache import BlockCache, phase1_cached, phase2_cached
+from attnres_search.kernels.block_cache import BlockCache
 from attnres_search.kernels.reference import DEFAULT_EPS, compute_dtype, mix_sources
 from attnres_search.kernels.two_phase import Phase1, phase1, phase2, two_phase_supported
 from attnres_search.model.layers import rms_normalize
@@ -163,8 +163,6 @@ class _State:
     stacked: Tensor | None = None  # torch.stack(blocks), rebuilt only when a block completes
     phase1: Phase1 | None = None  # the open block's phase-1 result (two-phase schedule)
     cache: BlockCache | None = None  # the blocks in one buffer (PyTorch eager path)
-    mixtures: list[Tensor] | None = None  # the open block's phase-1 result on the cache
-    lses: list[Tensor] | None = None
 
 
 class AttnResRule(ResidualRule):
@@ -204,8 +202,9 @@ class AttnResRule(ResidualRule):
         # every block size, Full AttnRes included. Kernels and compiled graphs keep stacking.
         if (self.learned_queries and not self.record and reference_only(v0.device)
                 and not torch.compiler.is_compiling()):
-            state.cache = BlockCache(v0, 1 + self.n_sublayers // self.block_size, heads=self.cfg.heads,
-                                     key_norm=self.cfg.key_norm == "rmsnorm", eps=self.eps)
+            state.cache = BlockCache(v0, 1 + self.n_sublayers // self.block_size, self.queries,
+                                     self.key_gains if self.cfg.key_norm == "rmsnorm" else None,
+                                     score=self.cfg.score, heads=self.cfg.heads, eps=self.eps)  # type: ignore[arg-type]
         return state
 
     def _schedule_position(self, i: int) -> tuple[int, int, Tensor | None]:
@@ -218,18 +217,12 @@ class AttnResRule(ResidualRule):
     def _mix_cached(self, i: int, state: _State) -> Tensor:
         """Layer i's input from the block cache: phase 1 when its block opens, then phase 2."""
         assert state.cache is not None
-        j, n_queries, gains = self._schedule_position(i)
+        j, n_queries, _ = self._schedule_position(i)
         if j == 0:
-            state.mixtures, state.lses = phase1_cached(
-                state.cache, self.queries[i : i + n_queries], None if gains is None else gains[i : i + n_queries],
-                score=self.cfg.score)  # type: ignore[arg-type]
-        assert state.mixtures is not None
+            state.cache.open_block(i, n_queries)
         v0 = state.blocks[0]
-        if state.partial is None:
-            return state.mixtures[j].reshape(v0.shape).to(v0.dtype)
-        h = phase2_cached(state.mixtures[j], None if state.lses is None else state.lses[j], state.partial,
-                          self.queries[i], None if gains is None else gains[i], eps=self.eps)
-        return h.reshape(v0.shape).to(torch.promote_types(v0.dtype, state.partial.dtype))
+        h = state.cache.layer_input(i, state.partial)
+        return h.to(v0.dtype if state.partial is None else torch.promote_types(v0.dtype, state.partial.dtype))
 
     def _stacked(self, state: _State) -> Tensor:
         if state.stacked is None or state.stacked.shape[0] != len(state.blocks):
@@ -298,7 +291,7 @@ class AttnResRule(ResidualRule):
         if (i + 1) % self.block_size == 0:
             state.blocks.append(state.partial)
             if state.cache is not None:
-                state.cache.append(state.partial)
+                state.cache.append(state.partial, first_reader=i + 1)
             state.partial = None
 
     def final(self, state: _State) -> Tensor:
