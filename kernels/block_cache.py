@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query, inv_rms
+from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query
 
 
 class _Buffers:
@@ -58,7 +58,7 @@ class _Buffers:
     def __init__(self, rows: int, capacity: int, points: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, heads: int) -> None:
         self.heads = heads
-        self.values = torch.empty(rows, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.empty(capacity, rows, head_dim, dtype=dtype, device=device)
         self.logits = torch.empty(rows, capacity, points, dtype=dtype, device=device)
         self.weights: Tensor | None = None
         self.d_out: Tensor | None = None
@@ -66,14 +66,21 @@ class _Buffers:
 
     def out_grads(self) -> Tensor:
         if self.d_out is None:
-            rows, _, dh = self.values.shape
-            self.d_out = self.values.new_zeros(rows, self.logits.shape[2], dh)
+            _, rows, dh = self.values.shape
+            self.d_out = self.values.new_zeros(self.logits.shape[2], rows, dh)
         return self.d_out
 
     def logit_grads(self) -> Tensor:
         if self.d_logits is None:
             self.d_logits = torch.zeros_like(self.logits)
         return self.d_logits
+
+
+def _inv_rms(x: Tensor, eps: float) -> Tensor:
+    """:func:`.reference.inv_rms` outside autograd, one reduction and an in-place chain on its
+    ``[M, H]`` result (``vector_norm`` reads ``x`` once without a squared copy; its gradient
+    at a zero row is why autograd code keeps :func:`.reference.inv_rms`)."""
+    return torch.linalg.vector_norm(x, dim=-1).square_().mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
 
 
 def _per_head(v: Tensor, u: Tensor) -> Tensor:
@@ -92,13 +99,13 @@ class _Append(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, buf: _Buffers, k: int, first: int, eps: float, key_norm: bool, block: Tensor,
                 points: Tensor) -> Tensor:
-        rows, cap, dh = buf.values.shape
+        cap, rows, dh = buf.values.shape
         h = buf.heads
         m, n_points = rows // h, buf.logits.shape[2]
         v = block.reshape(m, h, dh).to(buf.values.dtype)
-        buf.values.view(m, h, cap, dh)[:, :, k].copy_(v)
+        buf.values[k].view(m, h, dh).copy_(v)
         z = _per_head(v, points[first:].view(n_points - first, h, dh))  # [M, H, P_k]
-        r = inv_rms(v, eps) if key_norm else None
+        r = _inv_rms(v, eps) if key_norm else None
         if r is not None:
             z *= r.unsqueeze(-1)
         buf.logits.view(m, h, cap, n_points)[:, :, k, first:] = z
@@ -113,12 +120,12 @@ class _Append(torch.autograd.Function):
         points, r = ctx.saved_tensors
         buf: _Buffers = ctx.buf
         k, first, h = ctx.k, ctx.first, buf.heads
-        rows, cap, dh = buf.values.shape
+        cap, rows, dh = buf.values.shape
         m, n_points = rows // h, buf.logits.shape[2]
         none = (None,) * 5
         if buf.d_logits is None or buf.weights is None or buf.d_out is None:
             return (*none, None, None)  # no phase 1 that read this block reached the loss
-        v = buf.values.view(m, h, cap, dh)[:, :, k]  # [M, H, dh], strided
+        v = buf.values[k].view(m, h, dh)
         # Mixtures: sum over the points p that read the block of weight[p] * d_out[p], one
         # product per (token, head) row over the P_k points.
         # ``fresh[p]`` is 1 where the phase 1 of point p ran in this backward pass (the sum of
@@ -126,7 +133,7 @@ class _Append(torch.autograd.Function):
         # earlier pass's values, so they are masked out.
         mask = fresh[first:]
         w = (buf.weights[:, k, first:] * mask).unsqueeze(1)  # [R, 1, P_k]
-        mixed = torch.bmm(w, buf.d_out[:, first:]).view(m, h, dh)
+        mixed = torch.bmm(w, buf.d_out[first:].transpose(0, 1)).view(m, h, dh)
         dz = (buf.d_logits[:, k, first:] * mask).view(m, h, -1)  # [M, H, P_k]
         u = points[first:].view(-1, h, dh)
         draw = dz if r is None else dz * r.unsqueeze(-1)
@@ -155,7 +162,7 @@ class _Phase1(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, buf: _Buffers, n: int, first: int, n_q: int, softmax: bool,
                 *edges: Tensor) -> tuple[Tensor, ...]:
-        rows, _, dh = buf.values.shape
+        _, rows, dh = buf.values.shape
         m, h = rows // buf.heads, buf.heads
         z = buf.logits[:, :n, first : first + n_q]  # [R, n, S]
         if softmax:
@@ -166,7 +173,7 @@ class _Phase1(torch.autograd.Function):
         if buf.weights is not None:
             buf.weights[:, :n, first : first + n_q] = a
         a_t = a.transpose(1, 2).contiguous()  # [R, S, n]; CPU bmm is slow on transposed one-row operands
-        out = torch.bmm(a_t, buf.values[:, :n]).view(m, h, n_q, dh)
+        out = torch.bmm(a_t, buf.values[:n].transpose(0, 1)).view(m, h, n_q, dh)
         ctx.buf, ctx.n, ctx.first, ctx.softmax = buf, n, first, softmax
         ctx.save_for_backward(a_t)
         ctx.set_materialize_grads(False)
@@ -184,12 +191,12 @@ class _Phase1(torch.autograd.Function):
         # A layer that merged a partial sum wrote its mixture's gradient already (phase 2); a
         # layer that read the mixture as it is (the first of a block) left it to autograd.
         for j, g in enumerate(grad_outputs[:n_q]):
-            row = d_out[:, first + j]
+            row = d_out[first + j]
             if g is None:
                 row.zero_()
             elif not (g.data_ptr() == row.data_ptr() and g.reshape(rows, -1).stride() == row.stride()):
                 row.copy_(g.reshape(rows, -1))
-        da = torch.bmm(d_out[:, first : first + n_q], buf.values[:, :n].transpose(1, 2))  # [R, S, n]
+        da = torch.bmm(d_out[first : first + n_q].transpose(0, 1), buf.values[:n].permute(1, 2, 0))  # [R, S, n]
         if ctx.softmax:
             inner = torch.linalg.vecdot(a, da).unsqueeze(-1)
             d_lse = grad_outputs[n_q:]
@@ -208,59 +215,72 @@ class _Phase1(torch.autograd.Function):
 class _Phase2(torch.autograd.Function):
     """Merge a partial sum into a phase-1 mixture (see :mod:`.two_phase`). The mixture's
     gradient is written into the point's row of the cache's buffer, and that row is what
-    autograd hands to phase 1 (which then has nothing to copy)."""
+    autograd hands to phase 1 (which then has nothing to copy). Written with in-place
+    chains on the ``[M, H]`` statistics: at these sizes each extra op costs more than its
+    arithmetic."""
 
     @staticmethod
     def forward(ctx: Any, o: Tensor, lse: Tensor | None, partial: Tensor, u: Tensor, key_norm: bool, eps: float,
                 buf: _Buffers, point: int) -> Tensor:
-        ct = o.dtype
         m, h, dh = o.shape
-        p = partial.reshape(m, h, dh).to(ct)
-        u = u.to(ct).view(h, dh)
-        raw = (p.view(m, dh) @ u.view(dh)).view(m, 1) if h == 1 else (p * u).sum(-1)  # [M, H]
-        r = inv_rms(p, eps) if key_norm else None
-        z = raw if r is None else raw * r
-        if lse is not None:  # softmax: weight of the completed blocks together
-            a = torch.sigmoid(lse - z)
+        p = partial.view(m, h, dh) if partial.is_contiguous() else partial.reshape(m, h, dh)
+        if p.dtype != o.dtype:
+            p = p.to(o.dtype)
+        if h == 1:
+            z = torch.mv(p.view(m, dh), u).view(m, 1)
+        else:
+            z = torch.linalg.vecdot(p, u.view(h, dh))  # [M, H]
+        r = _inv_rms(p, eps) if key_norm else None
+        if r is not None:
+            z.mul_(r)
+        if lse is not None:  # softmax: a = weight of the completed blocks together
+            a = torch.sub(lse, z).sigmoid_()
             out = torch.lerp(p, o, a.unsqueeze(-1))
         else:  # sigmoid gate of the partial sum
-            a = torch.sigmoid(z)
+            a = z.sigmoid()
             out = torch.addcmul(o, p, a.unsqueeze(-1))
         ctx.softmax, ctx.partial_dtype, ctx.partial_shape = lse is not None, partial.dtype, partial.shape
-        ctx.u_dtype, ctx.buf, ctx.point = u.dtype, buf, point
-        ctx.save_for_backward(o, p, u, a, raw, r)
+        ctx.buf, ctx.point = buf, point
+        ctx.save_for_backward(o, p, u, a, z, r)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_h: Tensor) -> tuple[Tensor | None, ...]:
-        o, p, u, a, raw, r = ctx.saved_tensors
-        ct = o.dtype
+        o, p, u, a, z, r = ctx.saved_tensors
         m, h, dh = o.shape
-        d_h = d_h.to(ct).reshape(m, h, dh)
+        d_h = d_h.reshape(m, h, dh)
+        if d_h.dtype != o.dtype:
+            d_h = d_h.to(o.dtype)
         a_ = a.unsqueeze(-1)
-        d_o = ctx.buf.out_grads()[:, ctx.point].view(m, h, dh)
+        d_o = ctx.buf.out_grads()[ctx.point].view(m, h, dh)
+        # g = -dL/dz (softmax: a = sigmoid(lse - z), so dL/dlse = g) or dL/dz (sigmoid gate).
+        sig_grad = torch.addcmul(a, a, a, value=-1)  # a (1 - a)
         if ctx.softmax:
-            d_a = torch.linalg.vecdot(d_h, o - p)  # [M, H]
             torch.mul(d_h, a_, out=d_o)
             d_p = d_h - d_o
-            d_lse = d_a * a * (1 - a)
-            d_z = -d_lse
+            g = torch.linalg.vecdot(d_h, o - p).mul_(sig_grad)
+            d_lse, sign = g, -1.0
         else:
             d_o.copy_(d_h)
-            d_lse = None
-            d_z = torch.linalg.vecdot(d_h, p) * a * (1 - a)
             d_p = d_h * a_
-        draw = d_z if r is None else d_z * r
+            g = torch.linalg.vecdot(d_h, p).mul_(sig_grad)
+            d_lse, sign = None, 1.0
+        # dL/draw = sign * g * r (raw = p . u, z = raw * r); the key norm adds
+        # dL/dz * raw * dr/dp = -(sign * g) z r^2 p / dh.
+        draw = g * r if r is not None else g.clone()
+        if sign < 0:
+            draw.neg_()
         if r is not None:
-            d_p.addcmul_(p, (d_z * raw * r.pow(3)).unsqueeze(-1), value=-1.0 / dh)
+            d_p.addcmul_(p, (draw * z).mul_(r).unsqueeze(-1), value=-1.0 / dh)
         if h == 1:
-            d_p.view(m, dh).addr_(draw.view(m), u.view(dh))
-            du = (p.view(m, dh).T @ draw.view(m)).view(h * dh)
+            d_p.view(m, dh).addr_(draw.view(m), u)
+            du = torch.mv(p.view(m, dh).T, draw.view(m))
         else:
-            d_p.addcmul_(draw.unsqueeze(-1), u)
+            d_p.addcmul_(draw.unsqueeze(-1), u.view(h, dh))
             du = (draw.unsqueeze(-1) * p).sum(0).view(h * dh)
-        return (d_o, d_lse, d_p.reshape(ctx.partial_shape).to(ctx.partial_dtype), du.to(ctx.u_dtype),
+        d_p = d_p.view(ctx.partial_shape) if d_p.is_contiguous() else d_p.reshape(ctx.partial_shape)
+        return (d_o, d_lse, d_p if d_p.dtype == ctx.partial_dtype else d_p.to(ctx.partial_dtype), du,
                 None, None, None, None)
 
 
@@ -313,7 +333,7 @@ class BlockCache:
         if block.shape != self.shape:
             raise ValueError(f"block shape {tuple(block.shape)} differs from the first block's {tuple(self.shape)}")
         k = len(self._edges)
-        if k == self.values.shape[1]:
+        if k == self.values.shape[0]:
             raise ValueError(f"the cache holds {k} blocks, its capacity")
         if not 0 <= first_reader < self.logits.shape[2]:
             raise ValueError(f"first_reader={first_reader} is not a point (0..{self.logits.shape[2] - 1})")

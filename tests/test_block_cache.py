@@ -102,7 +102,7 @@ def test_blocks_are_written_once_and_never_moved() -> None:
         cache.append(b, first_reader=k)
         assert cache.values.data_ptr() == buffer
         for j, want in enumerate([first, *later[:k]]):
-            assert torch.equal(cache.values[:, j].reshape(want.shape), want)
+            assert torch.equal(cache.values[j].reshape(want.shape), want)
             heads = want.unflatten(-1, (2, 4)).reshape(6, 2, 4)
             z = torch.einsum("mhe,phe->mhp", heads, (queries * gains).view(5, 2, 4))
             z = z * heads.square().mean(-1).add(1e-6).rsqrt().unsqueeze(-1)
