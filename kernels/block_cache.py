@@ -59,7 +59,7 @@ class _Buffers:
                  device: torch.device, heads: int) -> None:
         self.heads = heads
         self.values = torch.empty(capacity, rows, head_dim, dtype=dtype, device=device)
-        self.logits = torch.empty(rows, capacity, points, dtype=dtype, device=device)
+        self.logits = torch.empty(rows, points, capacity, dtype=dtype, device=device)
         self.weights: Tensor | None = None
         self.d_out: Tensor | None = None
         self.d_logits: Tensor | None = None
@@ -67,12 +67,12 @@ class _Buffers:
     def out_grads(self) -> Tensor:
         if self.d_out is None:
             _, rows, dh = self.values.shape
-            self.d_out = self.values.new_zeros(self.logits.shape[2], rows, dh)
+            self.d_out = self.values.new_empty(self.logits.shape[1], rows, dh)
         return self.d_out
 
     def logit_grads(self) -> Tensor:
         if self.d_logits is None:
-            self.d_logits = torch.zeros_like(self.logits)
+            self.d_logits = torch.empty_like(self.logits)
         return self.d_logits
 
 
@@ -101,14 +101,14 @@ class _Append(torch.autograd.Function):
                 points: Tensor) -> Tensor:
         cap, rows, dh = buf.values.shape
         h = buf.heads
-        m, n_points = rows // h, buf.logits.shape[2]
+        m, n_points = rows // h, buf.logits.shape[1]
         v = block.reshape(m, h, dh).to(buf.values.dtype)
         buf.values[k].view(m, h, dh).copy_(v)
         z = _per_head(v, points[first:].view(n_points - first, h, dh))  # [M, H, P_k]
         r = _inv_rms(v, eps) if key_norm else None
         if r is not None:
             z *= r.unsqueeze(-1)
-        buf.logits.view(m, h, cap, n_points)[:, :, k, first:] = z
+        buf.logits.view(m, h, n_points, cap)[:, :, first:, k] = z
         ctx.buf, ctx.k, ctx.first = buf, k, first
         ctx.block_shape, ctx.block_dtype = block.shape, block.dtype
         ctx.save_for_backward(points, r)
@@ -121,20 +121,25 @@ class _Append(torch.autograd.Function):
         buf: _Buffers = ctx.buf
         k, first, h = ctx.k, ctx.first, buf.heads
         cap, rows, dh = buf.values.shape
-        m, n_points = rows // h, buf.logits.shape[2]
+        m, n_points = rows // h, buf.logits.shape[1]
         none = (None,) * 5
         if buf.d_logits is None or buf.weights is None or buf.d_out is None:
             return (*none, None, None)  # no phase 1 that read this block reached the loss
         v = buf.values[k].view(m, h, dh)
         # Mixtures: sum over the points p that read the block of weight[p] * d_out[p], one
         # product per (token, head) row over the P_k points.
+        w = buf.weights[:, first:, k]  # [R, P_k]
+        dz = buf.d_logits[:, first:, k]
         # ``fresh[p]`` is 1 where the phase 1 of point p ran in this backward pass (the sum of
-        # the masks they returned for this edge): rows of points it did not reach may hold an
-        # earlier pass's values, so they are masked out.
-        mask = fresh[first:]
-        w = (buf.weights[:, k, first:] * mask).unsqueeze(1)  # [R, 1, P_k]
-        mixed = torch.bmm(w, buf.d_out[first:].transpose(0, 1)).view(m, h, dh)
-        dz = (buf.d_logits[:, k, first:] * mask).view(m, h, -1)  # [M, H, P_k]
+        # the masks they returned for this edge). Where it did not (a backward from only some
+        # outputs), the buffers hold nothing of this pass: those points contribute nothing.
+        stale = fresh[first:] == 0
+        if bool(stale.any()):
+            w, dz = w.masked_fill(stale, 0), dz.masked_fill(stale, 0)
+            buf.d_out[first:][stale] = 0
+        # A contiguous one-row operand: CPU bmm runs one GEMM per row for some strides of it.
+        mixed = torch.bmm(w.contiguous().unsqueeze(1), buf.d_out[first:].transpose(0, 1)).view(m, h, dh)
+        dz = dz.view(m, h, -1)  # [M, H, P_k]
         u = points[first:].view(-1, h, dh)
         draw = dz if r is None else dz * r.unsqueeze(-1)
         # Logits: draw . u; key norm: r = (mean(v^2) + eps)^(-1/2), dr/dv = -r^3 v / dh, and
@@ -144,7 +149,7 @@ class _Append(torch.autograd.Function):
         else:
             dv = mixed.add_(torch.matmul(draw.transpose(0, 1), u.transpose(0, 1)).transpose(0, 1))
         if r is not None:
-            z = buf.logits.view(m, h, cap, n_points)[:, :, k, first:]  # where dz is 0, z does not matter
+            z = buf.logits.view(m, h, n_points, cap)[:, :, first:, k]
             dv.addcmul_(v, (torch.linalg.vecdot(dz, z) * r.square()).unsqueeze(-1), value=-1.0 / dh)
         if h == 1:
             du = draw.view(m, -1).T @ v.view(m, dh)
@@ -164,18 +169,17 @@ class _Phase1(torch.autograd.Function):
                 *edges: Tensor) -> tuple[Tensor, ...]:
         _, rows, dh = buf.values.shape
         m, h = rows // buf.heads, buf.heads
-        z = buf.logits[:, :n, first : first + n_q]  # [R, n, S]
+        z = buf.logits[:, first : first + n_q, :n]  # [R, S, n]
         if softmax:
-            lse = torch.logsumexp(z, 1)  # [R, S]
-            a = torch.exp(z - lse.unsqueeze(1))
+            lse = torch.logsumexp(z, -1)  # [R, S]
+            a = torch.exp(z - lse.unsqueeze(-1))
         else:
             lse, a = None, torch.sigmoid(z)
         if buf.weights is not None:
-            buf.weights[:, :n, first : first + n_q] = a
-        a_t = a.transpose(1, 2).contiguous()  # [R, S, n]; CPU bmm is slow on transposed one-row operands
-        out = torch.bmm(a_t, buf.values[:n].transpose(0, 1)).view(m, h, n_q, dh)
+            buf.weights[:, first : first + n_q, :n] = a
+        out = torch.bmm(a, buf.values[:n].transpose(0, 1)).view(m, h, n_q, dh)
         ctx.buf, ctx.n, ctx.first, ctx.softmax = buf, n, first, softmax
-        ctx.save_for_backward(a_t)
+        ctx.save_for_backward(a)
         ctx.set_materialize_grads(False)
         outs = tuple(out[:, :, j] for j in range(n_q))
         return outs if lse is None else outs + lse.view(m, h, n_q).unbind(2)
@@ -206,8 +210,8 @@ class _Phase1(torch.autograd.Function):
             dz = a * (da - inner)
         else:
             dz = a * (1 - a) * da
-        buf.logit_grads()[:, :n, first : first + n_q] = dz.transpose(1, 2)
-        mask = a.new_zeros(buf.logits.shape[2])
+        buf.logit_grads()[:, first : first + n_q, :n] = dz
+        mask = a.new_zeros(buf.logits.shape[1])
         mask[first : first + n_q] = 1
         return (None,) * 5 + tuple(mask.clone() for _ in range(n))
 
@@ -335,16 +339,16 @@ class BlockCache:
         k = len(self._edges)
         if k == self.values.shape[0]:
             raise ValueError(f"the cache holds {k} blocks, its capacity")
-        if not 0 <= first_reader < self.logits.shape[2]:
-            raise ValueError(f"first_reader={first_reader} is not a point (0..{self.logits.shape[2] - 1})")
+        if not 0 <= first_reader < self.logits.shape[1]:
+            raise ValueError(f"first_reader={first_reader} is not a point (0..{self.logits.shape[1] - 1})")
         self._edges.append(_Append.apply(self._buf, k, first_reader, self.eps, self.key_norm, block, self.points))
         self.first_reader.append(first_reader)
 
     def open_block(self, first: int, n_queries: int) -> None:
         """Phase 1: points ``first..first + n_queries - 1`` against every cached block."""
-        if n_queries < 1 or first < 0 or first + n_queries > self.logits.shape[2]:
+        if n_queries < 1 or first < 0 or first + n_queries > self.logits.shape[1]:
             raise ValueError(f"points {first}..{first + n_queries - 1} are not all among the cache's "
-                             f"{self.logits.shape[2]} points")
+                             f"{self.logits.shape[1]} points")
         late = [k for k, p in enumerate(self.first_reader) if p > first]
         if late:
             raise ValueError(f"block {late[0]} has no logits for point {first} (first read by point "

@@ -106,7 +106,7 @@ def test_blocks_are_written_once_and_never_moved() -> None:
             heads = want.unflatten(-1, (2, 4)).reshape(6, 2, 4)
             z = torch.einsum("mhe,phe->mhp", heads, (queries * gains).view(5, 2, 4))
             z = z * heads.square().mean(-1).add(1e-6).rsqrt().unsqueeze(-1)
-            torch.testing.assert_close(cache.logits.view(6, 2, 4, 5)[:, :, j, j:], z[:, :, j:], rtol=1e-14, atol=0)
+            torch.testing.assert_close(cache.logits.view(6, 2, 5, 4)[:, :, j:, j], z[:, :, j:], rtol=1e-14, atol=0)
     with pytest.raises(ValueError, match="capacity"):
         cache.append(first)
     with pytest.raises(ValueError, match="block 3 has no logits for point 2"):
