@@ -285,3 +285,23 @@ def test_sinkhorn_equals_the_log_space_iteration_with_its_gradient_in_float64() 
         (g_ref,) = torch.autograd.grad((ref * weights).sum(), logits)
         torch.testing.assert_close(g_ours, g_ref, atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(lambda x: sinkhorn(x, 3), (logits[:1, :2].detach().requires_grad_(True),))
+
+
+def test_mhc_coefficients_equal_autograd_in_float64() -> None:
+    """The hand-written projection (bias + RMSNorm(x) @ phi) against autograd through the
+    textbook expression: values and the gradients of x, phi and bias."""
+    from attnres_search.residual.mhc import normalized_projection
+
+    g = torch.Generator().manual_seed(13)
+    x = (torch.randn(6, 12, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    phi = torch.randn(12, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    bias = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_(True)
+    upstream = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    ours = normalized_projection(x, phi, bias)
+    ref = bias + (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-6)) @ phi
+    torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
+    got = torch.autograd.grad((ours * upstream).sum(), (x, phi, bias))
+    want = torch.autograd.grad((ref * upstream).sum(), (x, phi, bias))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda *t: normalized_projection(*t), (x, phi, bias))

@@ -42,8 +42,27 @@ def _run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: 
     return RunConfig(model=model, tokens=None, steps=steps, batch_size=batch_size, val_every=10**9, diagnostics_every=10**9)
 
 
-def _bare_step_fn(cfg: Any, device: Any, autocast: bool, compile_mode: str | None = None) -> Callable[[], None]:
-    """A closure doing one full optimizer step of a fresh model on a fixed batch."""
+def _batches(cfg: Any, count: int, device: Any) -> list[tuple[Any, Any]]:
+    """The first ``count`` training batches of the run's corpus, as ``train`` would draw them.
+
+    Every variant steps through the same list: one batch repeated step after step is
+    memorised within a few steps, and a model that fits it faster than another drifts into
+    a different numerical regime (peaked softmaxes, subnormal intermediates) whose cost
+    has nothing to do with its residual rule."""
+    import itertools
+
+    from attnres_search.training.data import LMDataModule, load_corpus
+
+    data = LMDataModule(load_corpus(cfg.data), seq_len=cfg.model.seq_len, batch_size=cfg.batch_size, seed=0,
+                        val_windows=1)
+    return [(x.to(device), y.to(device)) for x, y in itertools.islice(data.train_dataloader(), count)]
+
+
+def _bare_step_fn(cfg: Any, device: Any, autocast: bool, batches: list[tuple[Any, Any]],
+                  compile_mode: str | None = None) -> Callable[[], None]:
+    """A closure doing one full optimizer step of a fresh model on the next of ``batches``."""
+    import itertools
+
     import torch
     import torch.nn.functional as F
 
@@ -55,12 +74,13 @@ def _bare_step_fn(cfg: Any, device: Any, autocast: bool, compile_mode: str | Non
     optimizer = build_optimizer(model, cfg)
     if compile_mode is not None:
         model.compile(mode=compile_mode)  # in place, as train --compile does
-    idx = torch.randint(0, cfg.model.vocab_size, (cfg.batch_size, cfg.model.seq_len + 1), device=device)
+    stream = itertools.cycle(batches)
 
     def step() -> None:
+        inputs, targets = next(stream)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(idx[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), idx[:, 1:].flatten())
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -80,11 +100,12 @@ def bench_variants(
     """Median milliseconds per optimizer step for each preset (and, with a ``compile_mode``,
     each preset compiled in that mode under the key ``name + COMPILED``), interleaved."""
     autocast = device.type == "cuda"
-    steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast) for name in presets}
+    batches = _batches(_run_config(presets[0], steps=1, **shape), warmup + repeats + 1, device)
+    steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast, batches) for name in presets}
     if compile_mode is not None:
         for name in presets:
-            steps[name + COMPILED] = _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast,
-                                                         compile_mode=compile_mode)
+            steps[name + COMPILED] = _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast, batches,
+                                                   compile_mode=compile_mode)
     keys = list(steps)
     for key in keys:
         if key.endswith(COMPILED):

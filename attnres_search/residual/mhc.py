@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-from attnres_search.kernels.reference import compute_dtype, inv_rms
+from attnres_search.kernels.reference import compute_dtype
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
 
@@ -77,6 +78,38 @@ class _SinkhornTokensLast(torch.autograd.Function):
             dim = t % 2
             grad = (grad - (grad * y).sum(dim=dim, keepdim=True)) / norm
         return grad * m0, None
+
+
+class _NormalizedProjection(torch.autograd.Function):
+    """``bias + (x @ phi) / rms(x)``: the maps' coefficients from raw streams ``x[T, m*d]``.
+
+    Autograd differentiated ``rms`` through a ``vecdot`` (a squared copy of ``x`` forward, two
+    more products of its size backward) and the scaling as a separate op; here the backward
+    is one GEMM for ``d x`` with the key-norm term added in place, one for ``d phi``. With
+    ``r = (mean(x^2) + eps)^(-1/2)``, ``y = x @ phi`` and ``g = dL/dcoeff``:
+    ``d x = (g r) phi^T - (r^3 / D) (g . y) x``, ``d phi = x^T (g r)``, ``d bias = sum g``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, phi: Tensor, bias: Tensor, eps: float) -> Tensor:  # noqa: D102
+        y = x @ phi
+        r = torch.linalg.vector_norm(x, dim=-1).square_().mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, phi, y, r)
+        return torch.addcmul(bias, y, r.unsqueeze(-1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # noqa: D102
+        x, phi, y, r = ctx.saved_tensors
+        gr = g * r.unsqueeze(-1)
+        d_x = gr @ phi.T
+        d_x.addcmul_(x, (torch.linalg.vecdot(g, y) * r.pow(3)).unsqueeze(-1), value=-1.0 / x.shape[-1])
+        return d_x, x.T @ gr, g.sum(0), None
+
+
+def normalized_projection(x: Tensor, phi: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
+    """``bias + RMSNorm(x) @ phi`` (RMSNorm without gain) for ``x[T, D]``, ``phi[D, K]``."""
+    return _NormalizedProjection.apply(x, phi, bias, eps)
 
 
 def sinkhorn(logits: Tensor, iters: int) -> Tensor:
@@ -145,7 +178,7 @@ class MHCRule(ResidualRule):
         # phi . RMSNorm(x) = (phi . x) / rms(x): project the raw streams and scale the few
         # coefficients per token, instead of writing (and differentiating) a normalised copy.
         x = streams.flatten(-2).to(ct).flatten(0, -2)  # [tokens, m*d]
-        coeff = torch.addcmul(self.bias[i].to(ct), x @ self.phi[i].to(ct), inv_rms(x, 1e-6).unsqueeze(-1))
+        coeff = normalized_projection(x, self.phi[i].to(ct), self.bias[i].to(ct))
         coeff = coeff.view(*streams.shape[:-2], -1)
         pre = torch.sigmoid(coeff[..., :m])
         post = 2 * torch.sigmoid(coeff[..., m : 2 * m])
