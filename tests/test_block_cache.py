@@ -135,6 +135,39 @@ def test_a_retained_graph_gives_the_same_gradients_twice() -> None:
         assert torch.equal(a, b)
 
 
+def test_a_backward_from_some_layers_then_from_all_is_exact() -> None:
+    """Two blocks of S = 2 over one cache. A backward from the first block's layers only
+    leaves the second phase 1 unrun and its rows of the gradient buffers unwritten; block 0's
+    gradient must count nothing from them, in that pass and in later passes through the
+    same graph (from the second block only, then from every layer)."""
+    g = torch.Generator().manual_seed(21)
+    b0, b1, p1, p3 = (torch.randn(2, 3, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    queries = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    gains = 1 + 0.3 * torch.randn(4, 8, generator=g, dtype=torch.float64)
+    upstream = [torch.randn(2, 3, 8, generator=g, dtype=torch.float64) for _ in range(4)]
+    leaves = [t.clone().requires_grad_() for t in (b0, b1, queries, gains)]
+    b0_, b1_, q, gn = leaves
+    cache = BlockCache(b0_, 2, q, gn)
+    cache.open_block(0, 2)
+    layers = [cache.layer_input(0, None), cache.layer_input(1, p1)]
+    cache.append(b1_, first_reader=2)
+    cache.open_block(2, 2)
+    layers += [cache.layer_input(2, None), cache.layer_input(3, p3)]
+    ref = [depth_attention(b0_.unsqueeze(0), q[0], gn[0]), depth_attention(b0_.unsqueeze(0), q[1], gn[1], partial=p1),
+           depth_attention(torch.stack([b0_, b1_]), q[2], gn[2]),
+           depth_attention(torch.stack([b0_, b1_]), q[3], gn[3], partial=p3)]
+    for chosen in ([0, 1], [2, 3], [1], [0, 1, 2, 3]):
+        def loss(hs):  # type: ignore[no-untyped-def]
+            return sum((hs[j] * upstream[j]).sum() for j in chosen)
+
+        got = torch.autograd.grad(loss(layers), leaves, retain_graph=True, allow_unused=True)
+        want = torch.autograd.grad(loss(ref), leaves, retain_graph=True, allow_unused=True)
+        for k, (a, b) in enumerate(zip(got, want)):
+            a = torch.zeros_like(leaves[k]) if a is None else a
+            b = torch.zeros_like(leaves[k]) if b is None else b
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"layers {chosen}, leaf {k}")
+
+
 LEARNED_QUERY_RULES = ["full", "block-s2", "block-s4", "block-s8", "full-sigmoid", "full-nokeynorm", "block-nokeynorm"]
 
 

@@ -29,6 +29,23 @@ def test_bench_step_json_rows_and_ratios(monkeypatch: pytest.MonkeyPatch, capsys
     assert rows["baseline", False]["vs_baseline"] == 1.0
 
 
+def test_variants_step_through_real_training_batches() -> None:
+    """One repeated batch is memorised within a few steps and a faster-fitting variant then
+    runs in another numerical regime; every variant instead draws the same first batches
+    that ``train`` draws, a different one each step."""
+    from attnres_search.bench.step import _batches, _run_config
+    from attnres_search.training.data import LMDataModule, load_corpus
+
+    cfg = _run_config("baseline", layers=1, width=16, heads=2, seq_len=8, batch_size=2, steps=1)
+    got = _batches(cfg, 3, torch.device("cpu"))
+    data = LMDataModule(load_corpus(cfg.data), seq_len=8, batch_size=2, seed=0, val_windows=1)
+    want = [b for b, _ in zip(data.train_dataloader(), range(3))]
+    assert len(got) == 3
+    for (x, y), (wx, wy) in zip(got, want):
+        assert x.shape == (2, 8) and torch.equal(x, wx) and torch.equal(y, wy)
+    assert not torch.equal(got[0][0], got[1][0])
+
+
 def test_compiled_rows_are_compared_with_the_compiled_baseline() -> None:
     from attnres_search.bench.step import COMPILED, variant_rows
 

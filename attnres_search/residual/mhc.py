@@ -71,13 +71,14 @@ class _SinkhornTokensLast(torch.autograd.Function):
         m0, steps = saved[0], saved[1:]
         # The incoming gradient has the caller's token-major strides: every half-step below
         # ran on that strided layout, several times slower (bench step: mhc 2.9x -> see
-        # results/bench_cpu/). One copy puts the tokens innermost again.
-        grad = grad.contiguous()
+        # results/bench_cpu/). One copy puts the tokens innermost again, and is ours to update
+        # in place (the caller's gradient is never written).
+        grad = grad.clone(memory_format=torch.contiguous_format)
         for t in range(len(steps) // 2 - 1, -1, -1):
             y, norm = steps[2 * t], steps[2 * t + 1]
             dim = t % 2
-            grad = (grad - (grad * y).sum(dim=dim, keepdim=True)) / norm
-        return grad * m0, None
+            grad = grad.sub_(torch.linalg.vecdot(grad, y, dim=dim).unsqueeze(dim)).div_(norm)
+        return grad.mul_(m0), None
 
 
 class _NormalizedProjection(torch.autograd.Function):
