@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from attnres_search.kernels.reference import compute_dtype
+from attnres_search.kernels.reference import compute_dtype, inv_rms
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
 
@@ -99,7 +98,6 @@ class _NormalizedProjection(torch.autograd.Function):
         return torch.addcmul(bias, y, r.unsqueeze(-1))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # noqa: D102
         x, phi, y, r = ctx.saved_tensors
         gr = g * r.unsqueeze(-1)
@@ -109,7 +107,13 @@ class _NormalizedProjection(torch.autograd.Function):
 
 
 def normalized_projection(x: Tensor, phi: Tensor, bias: Tensor, eps: float = 1e-6) -> Tensor:
-    """``bias + RMSNorm(x) @ phi`` (RMSNorm without gain) for ``x[T, D]``, ``phi[D, K]``."""
+    """``bias + RMSNorm(x) @ phi`` (RMSNorm without gain) for ``x[T, D]``, ``phi[D, K]``.
+
+    Eager calls take the hand-written function; while ``torch.compile`` traces, the plain
+    expression (Inductor fuses it itself, and Dynamo cannot lift the function's shape-derived
+    scalars into its backward graph under dynamic shapes)."""
+    if torch.compiler.is_compiling():
+        return torch.addcmul(bias, x @ phi, inv_rms(x, eps).unsqueeze(-1))
     return _NormalizedProjection.apply(x, phi, bias, eps)
 
 
