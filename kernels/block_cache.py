@@ -321,7 +321,7 @@ class BlockCache:
         self._buf = _Buffers(first.numel() // d * heads, capacity, queries.shape[0], d // heads, self.dtype,
                              first.device, heads)
         self.points = folded_query(queries, gains, self.dtype)  # w * g per point, in the compute dtype
-        if torch.is_grad_enabled() and (self.points.requires_grad or first.requires_grad):
+        if torch.is_grad_enabled():  # a later block may need gradients even if the first does not
             self._buf.weights = torch.empty_like(self._buf.logits)
         self.first_reader: list[int] = []
         self._edges: list[Tensor] = []

@@ -197,6 +197,21 @@ def test_model_on_the_cache_equals_the_one_shot_path(name: str) -> None:
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
+def test_frozen_embedding_and_residual_still_train_the_sublayers() -> None:
+    """Only the later blocks need gradients (embedding and pseudo-queries frozen): the cache
+    must still give the sublayers the one-shot path's gradients."""
+    model = _model(preset("block-s2"))
+    model.embed.requires_grad_(False)
+    model.residual.requires_grad_(False)
+    idx = torch.randint(0, 64, (2, 8))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with use_backend("reference"):
+        grads = torch.autograd.grad(model(idx).square().mean(), trainable)
+        ref_grads = torch.autograd.grad(model(idx, record=True).square().mean(), trainable)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
 def test_a_forward_stacks_no_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 11 item 2: completed blocks go into the buffer; nothing is stacked again, for
     Full AttnRes (which stacked at every layer) and Block AttnRes alike."""
