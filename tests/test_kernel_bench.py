@@ -24,7 +24,9 @@ def test_bench_step_json_rows_and_ratios(monkeypatch: pytest.MonkeyPatch, capsys
     assert set(rows) == {("baseline", False), ("block-s4", False), ("full", False), ("mhc", False)}
     base = rows["baseline", False]["ms"]
     for r in rows.values():
-        assert set(r) == {"preset", "compile", "ms", "vs_baseline", "vs_eager_baseline"}
+        assert set(r) == {"preset", "compile", "ms", "vs_baseline", "vs_eager_baseline", "vs_baseline_rounds"}
+        p25, median, p75 = r["vs_baseline_rounds"]
+        assert p25 <= median <= p75
         assert r["ms"] > 0 and r["vs_baseline"] == pytest.approx(r["ms"] / base)
     assert rows["baseline", False]["vs_baseline"] == 1.0
 
@@ -49,12 +51,16 @@ def test_variants_step_through_real_training_batches() -> None:
 def test_compiled_rows_are_compared_with_the_compiled_baseline() -> None:
     from attnres_search.bench.step import COMPILED, variant_rows
 
-    ms = {"baseline": 10.0, "block-s4": 12.0, "baseline" + COMPILED: 5.0, "block-s4" + COMPILED: 6.0}
-    rows = {(r["preset"], r["compile"]): r for r in variant_rows(ms)}
+    times = {"baseline": [10.0, 10.0, 20.0, 10.0, 10.0], "block-s4": [12.0, 11.0, 26.0, 13.0, 12.0],
+             "baseline" + COMPILED: [5.0] * 5, "block-s4" + COMPILED: [6.0] * 5}
+    rows = {(r["preset"], r["compile"]): r for r in variant_rows(times)}
     assert rows["block-s4", True]["vs_baseline"] == pytest.approx(1.2)
     assert rows["block-s4", True]["vs_eager_baseline"] == pytest.approx(0.6)
-    assert rows["block-s4", False]["vs_baseline"] == pytest.approx(1.2)
+    assert rows["block-s4", False]["vs_baseline"] == pytest.approx(1.2)  # medians 12 / 10
     assert rows["baseline", True]["vs_baseline"] == 1.0
+    # Paired by round: 1.2, 1.1, 1.3, 1.3, 1.2 -> quartiles (exclusive method) 1.15, 1.2, 1.3.
+    assert rows["block-s4", False]["vs_baseline_rounds"] == pytest.approx([1.15, 1.2, 1.3])
+    assert rows["baseline", False]["vs_baseline_rounds"] == [1.0, 1.0, 1.0]
 
 
 # Inductor compiles 4 models for --compile: minutes of CPU on a 2-core machine, seconds on a GPU.

@@ -96,9 +96,10 @@ COMPILED = "+compile"
 def bench_variants(
     presets: list[str], shape: dict[str, int], warmup: int, repeats: int, device: Any,
     compile_mode: str | None = None,
-) -> dict[str, float]:
-    """Median milliseconds per optimizer step for each preset (and, with a ``compile_mode``,
-    each preset compiled in that mode under the key ``name + COMPILED``), interleaved."""
+) -> dict[str, list[float]]:
+    """Milliseconds of each timed optimizer step, one per round, for each preset (and, with a
+    ``compile_mode``, each preset compiled in that mode under the key ``name + COMPILED``);
+    every round runs every variant once, so entry ``r`` of two lists was timed side by side."""
     autocast = device.type == "cuda"
     batches = _batches(_run_config(presets[0], steps=1, **shape), warmup + repeats + 1, device)
     steps = {name: _bare_step_fn(_run_config(name, steps=1, **shape), device, autocast, batches) for name in presets}
@@ -120,7 +121,7 @@ def bench_variants(
             _sync(device)
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def _intervals(starts: list[float], skip: int) -> list[float]:
@@ -208,28 +209,40 @@ def bench_loops(cfg: Any, rounds: int, warmup: int, device: Any) -> dict[str, fl
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _table(title: str, rows: list[tuple[str, float, float]], ratio_label: str) -> Any:
+def _table(title: str, rows: list[tuple[str, float, float, list[float] | None]], ratio_label: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col, justify in (("", "left"), ("ms / step", "right"), (ratio_label, "right")):
+    spread = any(r[3] is not None for r in rows)
+    columns = [("", "left"), ("ms / step", "right"), (ratio_label, "right")]
+    for col, justify in columns + ([("per-round ratio: p25 / median / p75", "right")] if spread else []):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for name, ms, ratio in rows:
-        table.add_row(name, f"{ms:.2f}", f"{ratio:.3f}x")
+    for name, ms, ratio, quartiles in rows:
+        cells = [name, f"{ms:.2f}", f"{ratio:.3f}x"]
+        if spread:
+            cells.append("" if quartiles is None else " / ".join(f"{q:.3f}" for q in quartiles))
+        table.add_row(*cells)
     return table
 
 
-def variant_rows(variant_ms: dict[str, float]) -> list[dict[str, Any]]:
-    """Machine-readable rows: preset, whether compiled, ms per step, and the ratio against
-    the baseline in the same mode and against the eager baseline."""
+def variant_rows(variant_times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Machine-readable rows: preset, whether compiled, median ms per step, the ratio of
+    medians against the baseline in the same mode and against the eager baseline, and the
+    quartiles ``[p25, median, p75]`` of the per-round ratios against the baseline in the same
+    mode (each round's steps ran side by side, so their spread says how far one run's ratio
+    can be trusted on a machine whose speed drifts)."""
+    ms = {key: statistics.median(t) for key, t in variant_times.items()}
     rows = []
-    for key, ms in variant_ms.items():
+    for key, times in variant_times.items():
         compiled = key.endswith(COMPILED)
         name = key[: -len(COMPILED)] if compiled else key
-        base = variant_ms["baseline" + (COMPILED if compiled else "")]
+        base_key = "baseline" + (COMPILED if compiled else "")
+        paired = [t / b for t, b in zip(times, variant_times[base_key])]
+        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
         rows.append({
-            "preset": name, "compile": compiled, "ms": ms,
-            "vs_baseline": ms / base, "vs_eager_baseline": ms / variant_ms["baseline"],
+            "preset": name, "compile": compiled, "ms": ms[key],
+            "vs_baseline": ms[key] / ms[base_key], "vs_eager_baseline": ms[key] / ms["baseline"],
+            "vs_baseline_rounds": [quartiles[0], statistics.median(paired), quartiles[2]],
         })  # fmt: skip
     return rows
 
@@ -271,12 +284,12 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     presets = list(dict.fromkeys(["baseline", block_preset, "full", "mhc"]))
     mode = compile_mode if compile_too else None
     try:
-        variant_ms = bench_variants(presets, shape, warmup, repeats, device, compile_mode=mode)
+        variant_times = bench_variants(presets, shape, warmup, repeats, device, compile_mode=mode)
         loop_ms = None if no_loops else bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
-    rows = variant_rows(variant_ms)
+    rows = variant_rows(variant_times)
     if as_json:
         result: dict[str, Any] = {
             "device": device_name, "shape": shape, "warmup": warmup, "repeats": repeats, "rows": rows,
@@ -291,10 +304,12 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     console = command_console()
     shape_text = f"L_b={layers} ({2 * layers} sublayers), d={width}, heads={heads}, T={seq_len}, B={batch_size} on {device_name}"
     console.print(_table(f"optimizer step of the bare model (AdamW), median of {repeats}\n{shape_text}",
-                         [(r["preset"] + (" (compiled)" if r["compile"] else ""), r["ms"], r["vs_baseline"]) for r in rows],
+                         [(r["preset"] + (" (compiled)" if r["compile"] else ""), r["ms"], r["vs_baseline"],
+                           r["vs_baseline_rounds"]) for r in rows],
                          "vs baseline"))  # fmt: skip
     if loop_ms is not None:
         console.print(_table(f"training loop, baseline model, median over {rounds} x {loop_steps - warmup - 1} steps",
-                             [("bare PyTorch loop", loop_ms["bare"], 1.0),
-                              ("Lightning (train's Trainer)", loop_ms["lightning"], loop_ms["lightning"] / loop_ms["bare"])],
+                             [("bare PyTorch loop", loop_ms["bare"], 1.0, None),
+                              ("Lightning (train's Trainer)", loop_ms["lightning"], loop_ms["lightning"] / loop_ms["bare"],
+                               None)],
                              "vs bare loop"))  # fmt: skip
