@@ -2,10 +2,12 @@
 
 1. Residual rules: one forward + backward + optimizer step of the bare model for the
    baseline, block AttnRes, full AttnRes and mHC on the same shapes, eager and (with
-   ``--compile``) ``torch.compile``-d. Steps are interleaved (every row, then the next
-   round in a rotated order) so machine drift and thermal throttling hit every row
-   equally; the median after warm-up is kept. Ratios are against the baseline in the same
-   mode (compiled rows against the compiled baseline).
+   ``--compile``) ``torch.compile``-d, every variant stepping through the same real
+   training batches. Steps are interleaved (every row, then the next round in a rotated
+   order) so machine drift and thermal throttling hit every row equally; the median after
+   warm-up is kept, and the quartiles of the per-round ratios say how much drift there
+   was. Ratios are against the baseline in the same mode (compiled rows against the
+   compiled baseline).
 2. Loop overhead: the Lightning trainer that ``train`` uses against a bare PyTorch loop
    doing the same work (same data stream, model, optimizer, schedule, clipping and
    finite-loss check). Per-step time is the interval between consecutive step starts, so
