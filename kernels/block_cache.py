@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query
+from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query, without_autocast
 
 
 class _Buffers:
@@ -105,6 +105,7 @@ class _Append(torch.autograd.Function):
     phase 1s' point masks) says which points' rows this backward pass wrote."""
 
     @staticmethod
+    @without_autocast
     def forward(ctx: Any, buf: _Buffers, k: int, first: int, eps: float, key_norm: bool, block: Tensor,
                 points: Tensor) -> Tensor:
         cap, rows, dh = buf.values.shape
@@ -124,6 +125,7 @@ class _Append(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx: Any, fresh: Tensor) -> tuple[Tensor | None, ...]:
         points, r = ctx.saved_tensors
         buf: _Buffers = ctx.buf
@@ -173,6 +175,7 @@ class _Phase1(torch.autograd.Function):
     ``[M, H, dh]`` and its log-sum-exp ``[M, H]`` (sigmoid: the gated sum, no lse)."""
 
     @staticmethod
+    @without_autocast
     def forward(ctx: Any, buf: _Buffers, n: int, first: int, n_q: int, softmax: bool,
                 *edges: Tensor) -> tuple[Tensor, ...]:
         _, rows, dh = buf.values.shape
@@ -194,6 +197,7 @@ class _Phase1(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx: Any, *grad_outputs: Tensor | None) -> tuple[Tensor | None, ...]:
         (a,) = ctx.saved_tensors  # [R, S, n]
         buf: _Buffers = ctx.buf
@@ -232,6 +236,7 @@ class _Phase2(torch.autograd.Function):
     arithmetic."""
 
     @staticmethod
+    @without_autocast
     def forward(ctx: Any, o: Tensor, lse: Tensor | None, partial: Tensor, u: Tensor, key_norm: bool, eps: float,
                 buf: _Buffers, point: int) -> Tensor:
         m, h, dh = o.shape
@@ -258,6 +263,7 @@ class _Phase2(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @without_autocast
     def backward(ctx: Any, d_h: Tensor) -> tuple[Tensor | None, ...]:
         o, p, u, a, z, r = ctx.saved_tensors
         m, h, dh = o.shape

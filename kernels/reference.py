@@ -10,7 +10,10 @@ output is cast back to the sources' dtype.
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -24,6 +27,28 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics and mixing weights in fp32 (fp64 for a fp64 model): bf16 logits and
     norms lose the small differences between sources that the weights depend on."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def without_autocast(fn: F) -> F:
+    """Run an ``autograd.Function``'s forward or backward with autocast off. Their bodies
+    choose their dtypes themselves (statistics and mixtures in :func:`compute_dtype`);
+    autocast would recast their matrix products to bf16 mid-way and mix dtypes in the
+    products that follow (``train --precision bf16-mixed`` on CPU failed that way)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        active = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+        if not active:
+            return fn(*args)
+        with contextlib.ExitStack() as stack:
+            for device in active:
+                stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def folded_query(query: Tensor, gain: Tensor | None, dtype: torch.dtype) -> Tensor:

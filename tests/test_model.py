@@ -305,3 +305,20 @@ def test_mhc_coefficients_equal_autograd_in_float64() -> None:
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(lambda *t: normalized_projection(*t), (x, phi, bias))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_trains_under_cpu_autocast(name: str) -> None:
+    """``train --precision bf16-mixed`` on CPU: the hand-written residual functions (block
+    cache, mHC projection) compute in fp32 whatever autocast does around them; they once
+    received bf16 products from autocast and failed on mixed dtypes."""
+    torch.manual_seed(14)
+    model = AttnResLM(tiny(preset(name), n_layers=16))  # block-s32 needs 32 sublayers
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx)
+    out.float().square().mean().backward()
+    assert all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.residual.parameters()) or not list(
+        model.residual.parameters())
+    torch.testing.assert_close(out.float(), model(idx), atol=3e-2, rtol=0)

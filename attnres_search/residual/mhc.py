@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from attnres_search.kernels.reference import compute_dtype, inv_rms
+from attnres_search.kernels.reference import compute_dtype, inv_rms, without_autocast
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
 
@@ -91,6 +91,7 @@ class _NormalizedProjection(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_autocast
     def forward(ctx: Any, x: Tensor, phi: Tensor, bias: Tensor, eps: float) -> Tensor:  # noqa: D102
         y = x @ phi
         r = torch.linalg.vector_norm(x, dim=-1).square_().mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
@@ -98,6 +99,7 @@ class _NormalizedProjection(torch.autograd.Function):
         return torch.addcmul(bias, y, r.unsqueeze(-1))
 
     @staticmethod
+    @without_autocast
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # noqa: D102
         x, phi, y, r = ctx.saved_tensors
         gr = g * r.unsqueeze(-1)
