@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query, without_autocast
+from .reference import DEFAULT_EPS, Score, compute_dtype, folded_query, inv_rms_no_grad, without_autocast
 
 
 class _Buffers:
@@ -83,13 +83,6 @@ class _Buffers:
         return self.d_logits
 
 
-def _inv_rms(x: Tensor, eps: float) -> Tensor:
-    """:func:`.reference.inv_rms` outside autograd, one reduction and an in-place chain on its
-    ``[M, H]`` result (``vector_norm`` reads ``x`` once without a squared copy; its gradient
-    at a zero row is why autograd code keeps :func:`.reference.inv_rms`)."""
-    return torch.linalg.vector_norm(x, dim=-1).square_().mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
-
-
 def _per_head(v: Tensor, u: Tensor) -> Tensor:
     """``out[M, H, P] = v[M, H, :] . u[P, H, :]``: one matrix product (batched over heads)."""
     m, h, dh = v.shape
@@ -114,7 +107,7 @@ class _Append(torch.autograd.Function):
         v = block.reshape(m, h, dh).to(buf.values.dtype)
         buf.values[k].view(m, h, dh).copy_(v)
         z = _per_head(v, points[first:].view(n_points - first, h, dh))  # [M, H, P_k]
-        r = _inv_rms(v, eps) if key_norm else None
+        r = inv_rms_no_grad(v, eps) if key_norm else None
         if r is not None:
             z *= r.unsqueeze(-1)
         buf.logits.view(m, h, n_points, cap)[:, :, first:, k] = z
@@ -247,7 +240,7 @@ class _Phase2(torch.autograd.Function):
             z = torch.mv(p.view(m, dh), u).view(m, 1)
         else:
             z = torch.linalg.vecdot(p, u.view(h, dh))  # [M, H]
-        r = _inv_rms(p, eps) if key_norm else None
+        r = inv_rms_no_grad(p, eps) if key_norm else None
         if r is not None:
             z.mul_(r)
         if lse is not None:  # softmax: a = weight of the completed blocks together
@@ -321,12 +314,12 @@ class BlockCache:
             raise ValueError(f"queries (and gains) must be [points, {d}], got {tuple(queries.shape)}")
         if score not in ("softmax", "sigmoid"):
             raise ValueError(f"score must be 'softmax' or 'sigmoid', got {score!r}")
-        self.shape, self.heads, self.head_dim, self.eps, self.score = first.shape, heads, d // heads, eps, score
+        self.shape, self.eps, self.score = first.shape, eps, score
         self.key_norm = gains is not None
-        self.dtype = compute_dtype(first.dtype)
-        self._buf = _Buffers(first.numel() // d * heads, capacity, queries.shape[0], d // heads, self.dtype,
-                             first.device, heads)
-        self.points = folded_query(queries, gains, self.dtype)  # w * g per point, in the compute dtype
+        ct = compute_dtype(first.dtype)
+        self._buf = _Buffers(first.numel() // d * heads, capacity, queries.shape[0], d // heads, ct, first.device,
+                             heads)
+        self.points = folded_query(queries, gains, ct)  # w * g per point, in the compute dtype
         if torch.is_grad_enabled():  # a later block may need gradients even if the first does not
             self._buf.weights = torch.empty_like(self._buf.logits)
         self.first_reader: list[int] = []

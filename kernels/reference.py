@@ -58,8 +58,17 @@ def folded_query(query: Tensor, gain: Tensor | None, dtype: torch.dtype) -> Tens
 
 
 def inv_rms(x: Tensor, eps: float) -> Tensor:
-    """``1 / sqrt(mean(x^2) + eps)`` over the last dim, in one pass over ``x`` (no squared copy)."""
+    """``1 / sqrt(mean(x^2) + eps)`` over the last dim, differentiable everywhere (a zero row
+    included). ``vecdot`` writes the product ``x * x`` before summing it; outside autograd
+    :func:`inv_rms_no_grad` avoids that copy."""
     return torch.rsqrt(torch.linalg.vecdot(x, x) / x.shape[-1] + eps)
+
+
+def inv_rms_no_grad(x: Tensor, eps: float) -> Tensor:
+    """:func:`inv_rms` for hand-written functions (outside autograd): one ``vector_norm``
+    (reads ``x`` once, no squared copy) and an in-place chain on its small result. Not for
+    autograd code: ``vector_norm``'s gradient at a zero row is NaN."""
+    return torch.linalg.vector_norm(x, dim=-1).square_().mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
 
 
 def depth_logits(

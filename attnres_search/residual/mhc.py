@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from attnres_search.kernels.reference import compute_dtype, inv_rms, without_autocast
+from attnres_search.kernels.reference import compute_dtype, inv_rms, inv_rms_no_grad, without_autocast
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
 
 
@@ -94,7 +94,7 @@ class _NormalizedProjection(torch.autograd.Function):
     @without_autocast
     def forward(ctx: Any, x: Tensor, phi: Tensor, bias: Tensor, eps: float) -> Tensor:  # noqa: D102
         y = x @ phi
-        r = torch.linalg.vector_norm(x, dim=-1).square_().mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
+        r = inv_rms_no_grad(x, eps)
         ctx.save_for_backward(x, phi, y, r)
         return torch.addcmul(bias, y, r.unsqueeze(-1))
 
