@@ -8,7 +8,7 @@ CLI := $(VENV)/bin/attnres-search
 STAMP := $(VENV)/.installed
 CPU_TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(CLI) bench kernels
 	$(CLI) bench step
+
+# No setup step: a lent GPU machine has the dependencies but no network; the script runs
+# from the working tree and writes under OUT (default results/gpu_check).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
