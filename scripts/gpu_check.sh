@@ -14,7 +14,9 @@
 # installed layout puts them. Never part of CI.
 #
 # SHAPE (default: the issue's GPU shape) and QUICK=1 (tiny shapes, short limits: a dry run
-# of the script itself on a CPU) change what is timed.
+# of the script itself on a CPU) change what is timed. STUDY=1 runs the `gpu_quick` study
+# instead (about 8 minutes on one H100, so a loan of its own): its storage, status and
+# report land under $OUT.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu_check}
@@ -45,6 +47,15 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   local rc=$?
   echo "$name: rc $rc in $((SECONDS - start)) s (limit $limit s): $*" | tee -a "$OUT/log.txt"
 }
+
+if [ "${STUDY:-0}" = 1 ]; then
+  # A study that does not finish in time keeps its completed trials; `study resume` continues it.
+  step study 540 "$PY" -m attnres_search study start gpu_quick --storage "sqlite:///$OUT/studies.db"
+  step study_report 60 "$PY" -m attnres_search report gpu_quick --format markdown \
+    --storage "sqlite:///$OUT/studies.db"
+  echo "results under $OUT" | tee -a "$OUT/log.txt"
+  exit 0
+fi
 
 step env 10 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; \
   $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda); import triton; print(triton.__version__)'"

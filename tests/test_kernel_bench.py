@@ -98,19 +98,33 @@ def test_bench_step_compiles_in_the_mode_asked(monkeypatch: pytest.MonkeyPatch, 
     assert code == 2 and "fast" in err
 
 
-@pytest.mark.parametrize("quick", ["0", "1"])
-def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, quick: str) -> None:
+def _parse_cli_call(args: list[str]) -> str:
+    """Parse ``attnres-search ARGS`` as click would (command names; options' names, types,
+    choices: ``click.UsageError`` otherwise) without running it; returns the command path.
+    The groups on the way take no options of their own."""
+    import click
+
+    from attnres_search.cli import cli
+
+    command: click.Command = cli
+    path: list[str] = []
+    while isinstance(command, click.Group):
+        name, *args = args
+        command = command.commands[name]
+        path.append(name)
+    command.make_context(path[-1], list(args))
+    return " ".join(path)
+
+
+@pytest.mark.parametrize("mode", [{"QUICK": "0"}, {"QUICK": "1"}, {"STUDY": "1"}], ids=["gpu", "quick", "study"])
+def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, mode: dict[str, str]) -> None:
     """``scripts/gpu_check.sh`` runs only on lent GPUs, where a renamed option would waste the
     loan: run it with a stand-in interpreter that records its arguments, then let click parse
-    every ``bench`` call the script made (names, types, choices)."""
+    every CLI call the script made (names, types, choices)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
-
-    import click
-
-    from attnres_search.cli.bench_cmd import bench
 
     root = Path(__file__).resolve().parents[1]
     log = tmp_path / "calls.jsonl"
@@ -118,19 +132,17 @@ def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, quick:
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; "
                     f"open(sys.argv[1], \"a\").write(json.dumps(sys.argv[2:]) + \"\\n\")' {log} \"$@\"\n")
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "QUICK": quick}
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), **mode}
     done = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    benches = [c[3:] for c in calls if c[:3] == ["-m", "attnres_search", "bench"]]
-    assert sorted(b[0] for b in benches) == ["kernels", "step", "step", "step"]
-    for name, *args in benches:
-        command = bench.commands[name]
-        with command.make_context(name, list(args)) as ctx:  # raises click.UsageError on a bad option
-            assert isinstance(ctx, click.Context)
+    commands = [_parse_cli_call(c[2:]) for c in calls if c[:2] == ["-m", "attnres_search"]]
+    steps = [line.split(":")[0] for line in (tmp_path / "out" / "log.txt").read_text().splitlines()[:-1]]
+    if "STUDY" in mode:
+        assert commands == ["study start", "report"] and steps == ["study", "study_report"]
+        return
+    assert commands == ["bench kernels", "bench step", "bench step", "bench step"]
     assert any(c[:2] == ["-m", "pytest"] for c in calls)
-    log_lines = (tmp_path / "out" / "log.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in log_lines[:-1]] == [
-        "env", "kernel_tests", "bench_kernels", "bench_step_eager_kernels", "bench_step_eager_block_cache",
-        "bench_step_compiled_cudagraphs"]
+    assert steps == ["env", "kernel_tests", "bench_kernels", "bench_step_eager_kernels", "bench_step_eager_block_cache",
+                     "bench_step_compiled_cudagraphs"]
