@@ -76,7 +76,24 @@ def test_bench_step_json_with_compile_and_loops(monkeypatch: pytest.MonkeyPatch,
     compiled_base = rows["baseline", True]["ms"]
     for (preset, compiled), r in rows.items():
         assert r["vs_baseline"] == pytest.approx(r["ms"] / (compiled_base if compiled else rows["baseline", False]["ms"]))
-    assert set(result["loops"]) == {"bare_ms", "lightning_ms", "lightning_vs_bare"}
+    assert set(result["loops"]) == {"bare_ms", "lightning_ms", "lightning_vs_bare", "lightning_vs_bare_rounds"}
+
+
+def test_bench_step_loops_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The loop comparison through the CLI: JSON medians, ratio and per-round quartiles
+    (one round: one paired ratio), and the table's per-round column."""
+    args = ["bench", "step", *TINY, "--loop-steps", "3", "--rounds", "1"]
+    code, out, err = cli([*args, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    loops = json.loads(out)["loops"]
+    assert loops["lightning_vs_bare"] == pytest.approx(loops["lightning_ms"] / loops["bare_ms"])
+    p25, median, p75 = loops["lightning_vs_bare_rounds"]
+    assert p25 == median == p75 == pytest.approx(loops["lightning_vs_bare"])
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    cells = [c.strip() for c in next(line for line in out.splitlines() if "Lightning" in line).split("│")]
+    ratio, rounds = cells[3], cells[4]  # the second run's own figures
+    assert rounds.split(" / ") == [ratio.rstrip("x")] * 3
 
 
 def test_bench_step_bad_input_is_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -96,6 +113,19 @@ def test_bench_step_compiles_in_the_mode_asked(monkeypatch: pytest.MonkeyPatch, 
     assert json.loads(out)["compile_mode"] == "reduce-overhead"
     code, _, err = cli(["bench", "step", *TINY, "--compile-mode", "fast"], monkeypatch, capsys)
     assert code == 2 and "fast" in err
+
+
+def test_loop_summary_medians_and_per_round_ratios() -> None:
+    """Medians over every round's steps, and the quartiles of each round's paired ratio
+    (Lightning's median over the bare loop's median in the same round)."""
+    from attnres_search.bench.step import loop_summary
+
+    bare = [[10.0, 10.0, 12.0], [20.0, 20.0, 20.0], [10.0, 11.0, 10.0], [10.0, 10.0, 10.0]]
+    lightning = [[11.0, 11.0, 11.0], [20.0, 22.0, 22.0], [10.0, 10.0, 10.0], [13.0, 13.0, 13.0]]
+    s = loop_summary({"bare": bare, "lightning": lightning})
+    assert s["bare_ms"] == 10.0 and s["lightning_ms"] == 12.0 and s["lightning_vs_bare"] == 1.2
+    # per round: 1.1, 1.1, 1.0, 1.3; quartiles (exclusive method) 1.025 / 1.1 / 1.25
+    assert s["lightning_vs_bare_rounds"] == pytest.approx([1.025, 1.1, 1.25])
 
 
 def _parse_cli_call(args: list[str]) -> str:

@@ -11,7 +11,9 @@
 2. Loop overhead: the Lightning trainer that ``train`` uses against a bare PyTorch loop
    doing the same work (same data stream, model, optimizer, schedule, clipping and
    finite-loss check). Per-step time is the interval between consecutive step starts, so
-   it includes data loading and every hook; rounds alternate which loop runs first.
+   it includes data loading and every hook; rounds alternate which loop runs first, and
+   the quartiles of the per-round ratios say how much the machine drifted (on a busy VM
+   one run of four rounds read 1.125x where eight rounds read 1.006x).
 """
 
 from __future__ import annotations
@@ -190,12 +192,13 @@ def _bare_loop_steps(cfg: Any, warmup: int, device: Any, autocast: bool) -> list
     return _intervals(starts, warmup)
 
 
-def bench_loops(cfg: Any, rounds: int, warmup: int, device: Any) -> dict[str, float]:
-    """Median milliseconds per step of the Lightning loop and the bare loop."""
+def bench_loops(cfg: Any, rounds: int, warmup: int, device: Any) -> dict[str, list[list[float]]]:
+    """Milliseconds of each timed step of the bare loop and the Lightning loop, one list per
+    round; within a round the two loops ran one after the other (alternating which first)."""
     import torch
 
     autocast = device.type == "cuda"
-    times: dict[str, list[float]] = {"bare": [], "lightning": []}
+    times: dict[str, list[list[float]]] = {"bare": [], "lightning": []}
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         for round_ in range(rounds):
@@ -203,12 +206,29 @@ def bench_loops(cfg: Any, rounds: int, warmup: int, device: Any) -> dict[str, fl
                 # Same global flags for both: the trainer turns deterministic algorithms on for CPU.
                 torch.use_deterministic_algorithms(device.type == "cpu")
                 if name == "bare":
-                    times[name] += _bare_loop_steps(cfg, warmup, device, autocast)
+                    times[name].append(_bare_loop_steps(cfg, warmup, device, autocast))
                 else:
-                    times[name] += _lightning_steps(cfg, warmup)
+                    times[name].append(_lightning_steps(cfg, warmup))
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def _spread(paired: list[float]) -> list[float]:
+    """``[p25, median, p75]`` of paired per-round ratios (one value repeated when there is one)."""
+    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    return [quartiles[0], statistics.median(paired), quartiles[2]]
+
+
+def loop_summary(loop_times: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Median ms per step of each loop over every round, their ratio, and the quartiles of
+    the per-round ratios (each round's two loops ran back to back: how far the ratio moved
+    while the machine's speed drifted)."""
+    bare = statistics.median(t for rnd in loop_times["bare"] for t in rnd)
+    lightning = statistics.median(t for rnd in loop_times["lightning"] for t in rnd)
+    paired = [statistics.median(lt) / statistics.median(bt) for lt, bt in zip(loop_times["lightning"], loop_times["bare"])]
+    return {"bare_ms": bare, "lightning_ms": lightning, "lightning_vs_bare": lightning / bare,
+            "lightning_vs_bare_rounds": _spread(paired)}
 
 
 def _table(title: str, rows: list[tuple[str, float, float, list[float] | None]], ratio_label: str) -> Any:
@@ -240,11 +260,10 @@ def variant_rows(variant_times: dict[str, list[float]]) -> list[dict[str, Any]]:
         name = key[: -len(COMPILED)] if compiled else key
         base_key = "baseline" + (COMPILED if compiled else "")
         paired = [t / b for t, b in zip(times, variant_times[base_key])]
-        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
         rows.append({
             "preset": name, "compile": compiled, "ms": ms[key],
             "vs_baseline": ms[key] / ms[base_key], "vs_eager_baseline": ms[key] / ms["baseline"],
-            "vs_baseline_rounds": [quartiles[0], statistics.median(paired), quartiles[2]],
+            "vs_baseline_rounds": _spread(paired),
         })  # fmt: skip
     return rows
 
@@ -287,7 +306,8 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     mode = compile_mode if compile_too else None
     try:
         variant_times = bench_variants(presets, shape, warmup, repeats, device, compile_mode=mode)
-        loop_ms = None if no_loops else bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device)
+        loops = None if no_loops else loop_summary(
+            bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
@@ -295,11 +315,7 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     if as_json:
         result: dict[str, Any] = {
             "device": device_name, "shape": shape, "warmup": warmup, "repeats": repeats, "rows": rows,
-            "compile_mode": mode,
-            "loops": None if loop_ms is None else {
-                "bare_ms": loop_ms["bare"], "lightning_ms": loop_ms["lightning"],
-                "lightning_vs_bare": loop_ms["lightning"] / loop_ms["bare"],
-            },
+            "compile_mode": mode, "loops": loops,
         }  # fmt: skip
         click.echo(json.dumps(result, indent=2))
         return
@@ -309,9 +325,9 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
                          [(r["preset"] + (" (compiled)" if r["compile"] else ""), r["ms"], r["vs_baseline"],
                            r["vs_baseline_rounds"]) for r in rows],
                          "vs baseline"))  # fmt: skip
-    if loop_ms is not None:
+    if loops is not None:
         console.print(_table(f"training loop, baseline model, median over {rounds} x {loop_steps - warmup - 1} steps",
-                             [("bare PyTorch loop", loop_ms["bare"], 1.0, None),
-                              ("Lightning (train's Trainer)", loop_ms["lightning"], loop_ms["lightning"] / loop_ms["bare"],
-                               None)],
+                             [("bare PyTorch loop", loops["bare_ms"], 1.0, None),
+                              ("Lightning (train's Trainer)", loops["lightning_ms"], loops["lightning_vs_bare"],
+                               loops["lightning_vs_bare_rounds"])],
                              "vs bare loop"))  # fmt: skip
