@@ -305,6 +305,11 @@ def test_mhc_coefficients_equal_autograd_in_float64() -> None:
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(lambda *t: normalized_projection(*t), (x, phi, bias))
+    # Its backward treats the inverse RMS as a constant: a second derivative would be wrong,
+    # so asking for one is an error rather than a silently wrong number.
+    (d_x,) = torch.autograd.grad(normalized_projection(x, phi, bias).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        d_x.sum().backward()
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

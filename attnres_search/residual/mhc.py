@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from attnres_search.kernels.reference import compute_dtype, inv_rms, inv_rms_no_grad, without_autocast
 from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
@@ -99,6 +100,7 @@ class _NormalizedProjection(torch.autograd.Function):
         return torch.addcmul(bias, y, r.unsqueeze(-1))
 
     @staticmethod
+    @once_differentiable  # r is a constant here: a second derivative through this would be wrong
     @without_autocast
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # noqa: D102
         x, phi, y, r = ctx.saved_tensors
