@@ -1,5 +1,5 @@
 """Lightning callbacks a study adds to each training run: Optuna pruning against the
-global step, and progress reports for the worker's display.
+global step, progress reports for the worker's display, and Ctrl-C at batch boundaries.
 
 They live apart from :mod:`attnres_search.study.objective` so that importing the study machinery
 (for ``study status`` or a report) does not import Lightning and torch.
@@ -7,10 +7,13 @@ They live apart from :mod:`attnres_search.study.objective` so that importing the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import optuna
+
+if TYPE_CHECKING:
+    from attnres_search.study.worker import WorkerInterrupts
 
 
 class StepPruning(L.Callback):
@@ -50,3 +53,23 @@ class StepProgress(L.Callback):
         if "val_loss" in trainer.callback_metrics:
             self.val_loss = float(trainer.callback_metrics["val_loss"])
             self.progress.step(trainer.global_step, trainer.max_steps, self.val_loss)
+
+
+class StopOnInterrupt(L.Callback):
+    """Stop the run before the next batch once the worker saw Ctrl-C.
+
+    The KeyboardInterrupt is raised here, between batches, instead of in the signal
+    handler, so it never lands inside a storage call of another callback (see
+    :class:`attnres_search.study.worker.WorkerInterrupts`). Lightning handles it as it
+    handles Ctrl-C: it tears down and exits, which the run turns back into the interrupt."""
+
+    def __init__(self, interrupts: "WorkerInterrupts") -> None:
+        self.interrupts = interrupts
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.interrupts.check()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.interrupts.check()

@@ -183,8 +183,9 @@ class TrialObjective:
         if self.logs is not None:
             self.logs.start_trial(log_path)  # Optuna's failure record, traceback included, lands there
         try:
-            with self.interrupts.trial() if self.interrupts is not None else contextlib.nullcontext():
-                return self._run(trial, log_path)
+            if self.interrupts is not None:
+                self.interrupts.check()  # Ctrl-C while Optuna claimed the trial
+            return self._run(trial, log_path)
         except KeyboardInterrupt:
             self._mark_retry(trial, "interrupted (Ctrl-C / SIGINT); re-queued")
             raise
@@ -197,7 +198,7 @@ class TrialObjective:
     def _run(self, trial: "optuna.Trial", log_path: Any) -> float:
         import optuna
 
-        from attnres_search.study.callbacks import StepProgress, StepPruning
+        from attnres_search.study.callbacks import StepProgress, StepPruning, StopOnInterrupt
 
         handle, space = self.handle, self.handle.space
         params = suggest(trial, space)
@@ -226,8 +227,16 @@ class TrialObjective:
         callbacks: list[Any] = [StepPruning(trial)] if space.pruner is not None else []
         if self.progress is not None:
             callbacks.append(StepProgress(self.progress))
+        waiting: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.interrupts is not None:
+            self.interrupts.check()  # Ctrl-C during the storage writes above
+            if cfg.devices > 1:  # this process only waits for the ranks: Ctrl-C may stop it at once
+                waiting = self.interrupts.interruptible()
+            else:
+                callbacks.append(StopOnInterrupt(self.interrupts))
         try:
-            result = self.runner(cfg, callbacks=callbacks, progress=False)
+            with waiting:
+                result = self.runner(cfg, callbacks=callbacks, progress=False)
         except Exception as exc:
             if not isinstance(exc, optuna.TrialPruned):
                 self._fail_reason(trial, exc)

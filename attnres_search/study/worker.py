@@ -200,15 +200,23 @@ def _storage_full_message(handle: "StudyHandle", objective: TrialObjective, reas
 
 
 class WorkerInterrupts:
-    """Ctrl-C for a worker. While a trial runs it raises KeyboardInterrupt at once (Optuna
-    fails that trial, to be re-run). Elsewhere it is only noted and acted on at the next
-    safe point: between Optuna claiming a trial and the objective starting, an interrupt
-    would escape Optuna's bookkeeping and leave the trial RUNNING until its heartbeat went
-    stale. Only the main thread can own signal handlers; elsewhere this does nothing."""
+    """Ctrl-C for a worker: noted at once, acted on at the next safe point.
+
+    A KeyboardInterrupt raised wherever the main thread happens to be can land inside a
+    storage write, between SQLite's ``BEGIN IMMEDIATE`` and SQLAlchemy's bookkeeping: the
+    connection then keeps the database's write lock, so this worker cannot fail its trial
+    (it stays RUNNING) and every other worker waits out its busy timeout. So a signal only
+    sets ``requested``; a trial stops at :meth:`check`, which the objective calls before
+    training and :class:`attnres_search.study.callbacks.StopOnInterrupt` before every
+    training and validation batch, where no storage call is in flight; Optuna then fails
+    it and the worker re-queues it. Inside :meth:`interruptible` (waiting on DDP ranks,
+    which never touch the storage) and on a second Ctrl-C it raises at once: the user
+    insists, and a trial left RUNNING by that goes stale and is retried. Only the main
+    thread can own signal handlers; elsewhere this does nothing."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._in_trial = False
+        self._interruptible = False
         self._previous: Any = None
 
     def __enter__(self) -> "WorkerInterrupts":
@@ -221,19 +229,26 @@ class WorkerInterrupts:
             signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: object) -> None:
+        forced = self.requested
         self.requested = True
-        if self._in_trial:
+        if forced or self._interruptible:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed: call only where no storage
+        call (or other library state) can be left half done."""
+        if self.requested:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def trial(self) -> Iterator[None]:
-        if self.requested:
-            raise KeyboardInterrupt
-        self._in_trial = True
+    def interruptible(self) -> Iterator[None]:
+        """A stretch where Ctrl-C may raise at once (the main thread only waits)."""
+        self.check()
+        self._interruptible = True
         try:
             yield
         finally:
-            self._in_trial = False
+            self._interruptible = False
 
 
 def _tally(handle: "StudyHandle", summary: WorkerSummary, trial: "optuna.trial.FrozenTrial",
