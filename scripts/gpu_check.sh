@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement issue 11 asks for, in one run: kernel tests on CUDA, `bench kernels`,
 # `bench step --json` eager with the Triton kernels and with the PyTorch block cache
-# (ATTNRES_KERNEL=reference), compiled, and compiled with CUDA graphs. Sized for the device
+# (ATTNRES_KERNEL=reference), and compiled with CUDA graphs (that run repeats the eager
+# rows beside the compiled ones; no step compiles without CUDA graphs). Sized for the device
 # time a development session is lent (15 minutes in all, start-up included): the steps'
 # limits add up to 410 s, which with a machine's start leaves time for a second try.
 #

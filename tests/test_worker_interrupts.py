@@ -8,7 +8,6 @@ its grace period. These tests send real SIGINTs to this process at chosen points
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import textwrap
@@ -132,7 +131,6 @@ def test_worker_interrupts_raise_only_where_safe_or_when_pressed_twice(sigint_ra
         with pytest.raises(KeyboardInterrupt):
             with interrupts.interruptible():  # only waiting here: at once
                 signal.raise_signal(signal.SIGINT)
-                os.sched_yield()
         with pytest.raises(KeyboardInterrupt):  # and the flag stays for the next safe point
             with interrupts.interruptible():
                 pass
