@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from attnres_search.model.config import ModelConfig
 from attnres_search.study import cells as cells_
+from attnres_search.study.design import Design
 from attnres_search.study.rules import Rule, with_fields
 from attnres_search.training.config import RunConfig
 
@@ -95,6 +96,7 @@ class Space:
     sampler: str = "grid"
     n_trials: int | None = None
     pruner: dict[str, Any] | None = None  # {"type": ..., **arguments}, None: no pruning
+    design: Design | None = None  # a pre-registered sequential design; None: a fixed-n study
     source: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -37,6 +37,9 @@ Schema (every key but ``variants`` is optional)::
     sampler: auto           # auto (grid when every axis is a list, else tpe) | grid | tpe | random
     n_trials: 20            # trials for tpe/random spaces (grid spaces run every cell x seed once)
     pruner: none            # none | median | hyperband, or {type: median, n_warmup_steps: 100, ...}
+    design:                 # a pre-registered sequential design (attnres_search.study.design)
+      primary: [full]       # ...verdicts and Holm over these comparisons with the baseline only
+      max_seeds: 8          # ...grown look by look (`study extend --until-decided`) up to this many pairs
 
 Loading checks the structure of every run (a block size that does not divide the depth
 fails here, naming the cell); :func:`attnres_search.study.space_checks.check_space_runs`
@@ -56,13 +59,14 @@ import yaml
 from attnres_search.model.config import ModelConfig
 from attnres_search.study import rules
 from attnres_search.study.cells import cell_label, distinct_runs
+from attnres_search.study.design import parse_design
 from attnres_search.study.pruners import PRUNERS, pruner_arguments
 from attnres_search.study.space import KINDS, RESERVED_PARAMS, SAMPLERS, Axis, Shapes, Space, Variant
 from attnres_search.training.config import RunConfig
 from attnres_search.units import parse_count
 
 TOP_KEYS = ("name", "description", "kind", "model", "train", "variants", "baseline", "seeds", "extra_seeds", "axes",
-            "sizes", "shapes", "budget", "sampler", "n_trials", "pruner")
+            "sizes", "shapes", "budget", "sampler", "n_trials", "pruner", "design")
 # Fields the study owns: a space may not set them.
 _MANAGED_RUN_FIELDS = ("model", "seed", "out_dir", "resume")
 _MANAGED_MODEL_FIELDS = ("residual",)
@@ -157,11 +161,19 @@ def space_from_dict(data: Any, *, default_name: str = "space") -> Space:
     extra_seeds = _extra_seeds(data.get("extra_seeds", {}), seeds)
     if extra_seeds and sampler != "grid":
         raise ValueError("extra_seeds: only grid spaces run cells over seeds")
+    design = None
+    if "design" in data:
+        if sampler != "grid" or axes or sizes or shapes is not None:
+            raise ValueError("design: a sequential design needs a grid space with one cell per variant "
+                             "(no axes, sizes or shapes)")
+        design = parse_design(data["design"], tuple(names), baseline, len(seeds))
     space = Space(name=name, kind=kind, description=_typed(data.get("description", ""), str, "description"),
                   model=model, train=train, variants=variants, baseline=baseline, seeds=seeds,
                   extra_seeds=extra_seeds, axes=axes,
                   sizes=sizes, shapes=shapes, budget_flops=budget, sampler=sampler, n_trials=n_trials,
-                  pruner=_pruner(data.get("pruner", "none")), source=dict(data, name=name))
+                  pruner=_pruner(data.get("pruner", "none")), design=design, source=dict(data, name=name))
+    if design is not None:  # the first look is fixed at creation: extending adds seeds, not looks before it
+        space.source["design"] = dict(data["design"], start=design.start)
     _check_structure(space)
     return space
 

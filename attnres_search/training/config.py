@@ -86,6 +86,9 @@ class RunResult:
     diagnostics_summary: dict[str, Any] = field(default_factory=dict)
     data_hash: str | None = None
     device_name: str = "cpu"
+    # The hardware that produced the bits (CPU model, torch's CPU capability; GPU, driver, CUDA):
+    # the same seed is bit-identical only on the same hardware and software.
+    hardware: dict[str, str] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     resumed_from_step: int | None = None

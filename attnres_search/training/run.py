@@ -35,7 +35,7 @@ from attnres_search.training.ddp import inside_launched_rank, run_ddp
 from attnres_search.training.diagnostics import DiagnosticsCallback
 from attnres_search.training.lit_module import LitLM, NonFiniteLoss
 from attnres_search.training.progress import TrainProgress
-from attnres_search.training.provenance import device_name, git_commit, versions
+from attnres_search.training.provenance import device_name, git_commit, hardware, versions
 from attnres_search.training.trainer import build_trainer, last_checkpoint, quiet_lightning, restore_torch_flags
 
 __all__ = ["NonFiniteLoss", "RunInterrupted", "run", "resolve_steps"]
@@ -208,6 +208,7 @@ def _result(
         diagnostics_summary=diagnostics.summary(),
         data_hash=corpus.data_hash,
         device_name=device_name(trainer.strategy.root_device),
+        hardware=hardware(trainer.strategy.root_device),
         versions=versions(),
         git_commit=git_commit(),
         resumed_from_step=module.resumed_from_step,
