@@ -69,3 +69,34 @@ def test_grad_norm_per_sublayer_matches_a_direct_computation():
     expected = [torch.cat([p.grad.flatten() for p in layer.parameters()]).norm().item() for layer in model.sublayers]
     assert sublayer_grad_norms(model) == pytest.approx(expected, rel=1e-5)
     assert sublayer_names(4) == ["attn1", "mlp1", "attn2", "mlp2"]
+
+
+@pytest.mark.parametrize("residual", ["baseline", "highway", "full"])
+def test_every_rule_records_its_mixing_matrix(tmp_path, residual):
+    """``mixing`` rows of M for every rule (the plain residual's stay all ones, Highway's
+    rows are convex combinations), ``sinks`` for AttnRes rules only."""
+    result, doc = diagnosed_run(tmp_path, residual)
+    for snap in doc["snapshots"]:
+        mixing = snap["mixing"]
+        assert mixing["sources"] == ["v0", "f1", "f2", "f3", "f4"]
+        assert [len(r) for r in mixing["mean"]] == [1, 2, 3, 4, 5] == [len(r) for r in mixing["std"]]
+        assert _finite(v for row in mixing["mean"] + mixing["std"] for v in row)
+        if residual == "baseline":
+            assert mixing["mean"] == [[1.0] * n for n in range(1, 6)]
+            assert all(v == 0.0 for row in mixing["std"] for v in row)
+        else:
+            assert all(sum(row) == pytest.approx(1.0, abs=1e-5) for row in mixing["mean"])
+            assert any(v > 0 for row in mixing["std"][1:] for v in row)  # input-dependent: differs per token
+        if residual == "full":
+            sinks = snap["sinks"]
+            assert (sinks["k"], sinks["p"]) == (2.0, 0.9)
+            assert [len(r) for r in sinks["fraction"]] == [len(r) for r in snap["alpha"]]
+            assert all(0.0 <= f <= 1.0 for row in sinks["fraction"] for f in row)
+            assert {(s["point"], s["source"]) for s in sinks["flagged"]} == {
+                (i, j) for i, row in enumerate(sinks["fraction"]) for j, f in enumerate(row) if f >= 0.9}
+        else:
+            assert snap["sinks"] is None
+    if residual == "highway":  # the gates learn: M moves off its initial geometric rows
+        g = 1 / (1 + math.exp(2))
+        assert doc["snapshots"][-1]["mixing"]["mean"][4][0] != pytest.approx((1 - g) ** 4, abs=1e-4)
+    assert result.diagnostics_summary["mixing"] == doc["snapshots"][-1]["mixing"]

@@ -195,7 +195,7 @@ def test_hyper_connections_match_their_equations_in_float64() -> None:
         torch.testing.assert_close(final_in[0], sum(X) / 4, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["rezero", "hc", "hc-dynamic"])
+@pytest.mark.parametrize("name", ["rezero", "hc", "hc-dynamic", "highway"])
 def test_new_rules_appear_in_describe_flops_and_reports(name: str, monkeypatch, capsys) -> None:
     code, out, err = cli(["model", "describe", name, "--layers", "2", "--width", "32"], monkeypatch, capsys)
     assert code == 0, err

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from attnres_search.model.config import ModelConfig
 from attnres_search.model.layers import Attention, RMSNorm, Rotary, SwiGLU, init_sublayer_
 from attnres_search.residual import ResidualRule, spec_for
+from attnres_search.residual.mixing import MixingRecorder
 
 
 class AttnResLM(nn.Module):
@@ -37,29 +38,38 @@ class AttnResLM(nn.Module):
             self.head.weight = self.embed.weight
         self.recorded: dict[str, Any] = {}
 
-    def forward(self, idx: Tensor, *, record: bool = False) -> Tensor:
+    def forward(self, idx: Tensor, *, record: bool = False, keep_mixing: bool = False) -> Tensor:
         """Logits ``[B, T, vocab]``. With ``record``, fills :attr:`recorded` with each
-        sublayer's output RMS and, for AttnRes rules, the mean depth-mixing weights."""
+        sublayer's output RMS, for AttnRes rules the mean depth-mixing weights ``alpha``
+        over the rule's own sources and the depth-wise ``sinks``, and for every rule the
+        effective mixing matrix M (``mixing``: mean and spread over tokens; see
+        :mod:`attnres_search.residual.mixing`). ``keep_mixing`` also keeps M per token
+        (``mixing_rows``), which tests check against the layer inputs."""
         rule = self.residual
         rule.record = record
-        rule.recorded_alpha = []
+        rule.recorded_alpha, rule.recorded_mixing, rule.recorded_weights = [], [], []
+        recorder = MixingRecorder(tuple(idx.shape), keep=keep_mixing) if record else None
         output_rms: list[float] = []
         state = rule.begin(self.embed(idx))
         for i, layer in enumerate(self.sublayers):
-            f = layer(rule.layer_input(i, state))
+            h = rule.layer_input(i, state)
+            if recorder is not None:
+                recorder.take(rule)  # reduce point i's row now: per-token rows of every point would pile up
+            f = layer(h)
             if record:
                 output_rms.append(f.detach().float().pow(2).mean().sqrt().item())
             rule.update(i, state, f)
         logits = self.head(self.final_norm(rule.final(state)))
-        if record:
+        if recorder is not None:
+            recorder.take(rule)
             n_points = self.cfg.n_sublayers + 1
             alpha = rule.recorded_alpha if len(rule.recorded_alpha) == n_points else [None] * n_points
-            self.recorded = {
-                "output_rms": output_rms,
-                "alpha": alpha,
-                "sources": [list(labels) for labels in spec_for(self.cfg.residual).source_plan(
-                    self.cfg.residual, n_points - 1).sources],
-            }
+            sources = [list(labels) for labels in spec_for(self.cfg.residual).source_plan(
+                self.cfg.residual, n_points - 1).sources]
+            self.recorded = {"output_rms": output_rms, "alpha": alpha, "sources": sources,
+                             **recorder.document(n_points - 1, sources)}
+            if keep_mixing:
+                self.recorded["mixing_rows"] = recorder.rows
             rule.record = False
         return logits
 

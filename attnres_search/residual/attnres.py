@@ -118,6 +118,24 @@ def source_indices(i: int, block_size: int, n_sublayers: int, window: int | None
     return Sources(idx, n_done, partial_len)
 
 
+def source_members(sources: Sources, block_size: int) -> list[tuple[int, ...]]:
+    """Which v_i (v_0 the embedding, v_i = f_i) each source read at a point sums: b_0 is v_0,
+    completed block k >= 1 is f_{(k-1)S+1} .. f_{kS}, the partial sum the open block's
+    outputs so far. A source's weight applies to every member in the effective mixing
+    matrix M."""
+    s = block_size
+    out = []
+    for j in sources.indices:
+        if j == 0:
+            out.append((0,))
+        elif j < sources.n_done:
+            out.append(tuple(range((j - 1) * s + 1, j * s + 1)))
+        else:
+            start = (sources.n_done - 1) * s + 1
+            out.append(tuple(range(start, start + sources.partial_len)))
+    return out
+
+
 def source_plan_of(cfg: AttnResConfig, n_sublayers: int) -> list[Sources]:
     """:func:`source_indices` of every point (each sublayer, then the head)."""
     s = cfg.resolve_block_size(n_sublayers)
@@ -263,7 +281,7 @@ class AttnResRule(ResidualRule):
             weights = torch.softmax(logits.to(compute_dtype(blocks.dtype)), 0)
             out = mix_sources(blocks, weights.view((-1,) + (1,) * (blocks.dim() - 1)), partial)
             if self.record:
-                self._record(weights.view(-1, 1))
+                self._record(i, weights.view((-1,) + (1,) * (blocks.dim() - 1)))
             return out
 
         if self.cfg.query == "learned":
@@ -276,12 +294,23 @@ class AttnResRule(ResidualRule):
                         return_weights=self.record)
         if self.record:
             out, weights = result
-            self._record(weights.reshape(weights.shape[0], -1))
+            self._record(i, weights)
             return out
         return result
 
-    def _record(self, weights: Tensor) -> None:
-        self.recorded_alpha.append(weights.detach().float().mean(1).tolist())
+    def _record(self, i: int, weights: Tensor) -> None:
+        """Point i's weights ``[n, *tokens, H]`` (static mixing: size-1 token dimensions):
+        their mean for ``alpha``, per token for the sink search, and expanded onto the
+        members of each source as point i's row of M."""
+        weights = weights.detach()
+        self.recorded_alpha.append(weights.float().reshape(weights.shape[0], -1).mean(1).tolist())
+        members = source_members(self.plan[i], self.block_size)
+        self.recorded_weights.append((weights, members))
+        owner = torch.full((i + 1,), len(members), dtype=torch.long)  # v_i read by no source: weight 0
+        for position, held in enumerate(members):
+            owner[list(held)] = position
+        padded = torch.cat([weights, weights.new_zeros(1, *weights.shape[1:])])
+        self.save_mixing_row(padded[owner.to(weights.device)].movedim(0, -2))
 
     def layer_input(self, i: int, state: _State) -> Tensor:
         return self._mix(i, state)

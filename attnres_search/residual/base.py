@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from attnres_search.residual import registry
@@ -77,6 +78,11 @@ class ResidualConfig:
         return registry.config_from_dict(data, lenient=lenient)
 
 
+def mixing_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What M is tracked in: fp64 for an fp64 model, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -96,6 +102,11 @@ class ResidualRule(nn.Module):
     norm and head read. ``state`` comes fresh from ``begin(v0)`` each forward, so rules hold
     parameters only and stay re-entrant. Every parameter of a rule is a "residual"
     parameter that the optimiser keeps out of weight decay.
+
+    With ``record`` set, each ``layer_input`` and ``final`` also saves its row of the
+    effective depth-mixing matrix M (:meth:`save_mixing_row`; see
+    :mod:`attnres_search.residual.mixing`), so every rule can be drawn as the same kind of
+    picture; AttnRes rules also keep their per-token weights for the sink search.
     """
 
     def __init__(self, n_sublayers: int, d_model: int) -> None:
@@ -104,6 +115,15 @@ class ResidualRule(nn.Module):
         self.d_model = d_model
         self.record = False
         self.recorded_alpha: list[list[float] | None] = []
+        self.recorded_mixing: list[Tensor] = []
+        # AttnRes only: (weights [n, *tokens, H] over the rule's own sources, which v_i each holds)
+        self.recorded_weights: list[tuple[Tensor, list[tuple[int, ...]]]] = []
+
+    def save_mixing_row(self, row: Tensor) -> None:
+        """Keep mixing point l's row of M, ``[*tokens, l + 1, G]`` (token dimensions may be
+        left out by input-independent rules), in fp32 (fp64 for an fp64 model): a bf16 row
+        would not reproduce the layer input it describes."""
+        self.recorded_mixing.append(row.detach().to(mixing_dtype(row.dtype)))
 
     def begin(self, v0: Tensor) -> Any:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan
+from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, mixing_dtype
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,17 @@ class DenseFormerRule(ResidualRule):
             self.weights.append(nn.Parameter(w))
 
     def begin(self, v0: Tensor) -> dict[str, Any]:
-        return {"h": v0, "ys": [v0]}
+        state: dict[str, Any] = {"h": v0, "ys": [v0]}
+        if self.record:
+            # M bookkeeping, input-independent: h and every y_j as coefficients over v_0..v_i.
+            dt = mixing_dtype(v0.dtype)
+            state["Ch"] = torch.ones(1, dtype=dt, device=v0.device)
+            state["Cy"] = torch.ones(1, 1, dtype=dt, device=v0.device)
+        return state
 
     def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
+        if self.record:
+            self.save_mixing_row(state["Ch"].unsqueeze(-1))
         return state["h"]
 
     def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
@@ -40,8 +48,15 @@ class DenseFormerRule(ResidualRule):
         ys.append(state["h"] + f)
         w = self.weights[i].to(f.dtype)
         state["h"] = torch.einsum("n,n...->...", w, torch.stack(ys))
+        if self.record:  # y_{i+1} = h_i + f_{i+1}; h_{i+1} = sum_j a_ij y_j
+            ch, cy = state["Ch"], state["Cy"]
+            y_new = torch.cat([ch, ch.new_ones(1)])
+            state["Cy"] = torch.cat([nn.functional.pad(cy, (0, 1)), y_new.unsqueeze(0)])
+            state["Ch"] = w.to(ch.dtype) @ state["Cy"]
 
     def final(self, state: dict[str, Any]) -> Tensor:
+        if self.record:
+            self.save_mixing_row(state["Ch"].unsqueeze(-1))
         return state["h"]
 
 

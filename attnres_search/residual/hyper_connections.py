@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from attnres_search.model.layers import rms_normalize
-from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
+from attnres_search.residual.base import (ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive,
+                                          mixing_dtype)
 
 DYNAMIC_SCALE_INIT = 0.01
 
@@ -69,20 +70,33 @@ class HyperConnectionsRule(ResidualRule):
         return pre, res, post
 
     def begin(self, v0: Tensor) -> dict[str, Any]:
-        return {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.n, v0.shape[-1])}
+        state = {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.n, v0.shape[-1])}
+        if self.record:  # M bookkeeping: stream k = sum_j C[..., k, j] v_j; every stream starts as v_0
+            state["C"] = torch.ones(*v0.shape[:-1], self.n, 1, dtype=mixing_dtype(v0.dtype), device=v0.device)
+        return state
 
     def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
         X = state["X"]
         pre, res, post = self.maps(i, X)
         state["res"], state["post"] = res, post
+        if self.record:  # h = sum_k pre_k X_k
+            C = state["C"]
+            self.save_mixing_row(torch.einsum("...k,...kj->...j", pre.to(C.dtype), C).unsqueeze(-1))
         return (pre.unsqueeze(-2) @ X).squeeze(-2) if pre.dim() > 1 else pre @ X
 
     def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
         # X'_j = sum_k res_kj X_k + post_j f
         res, post = state["res"], state["post"]
         state["X"] = torch.addcmul(res.transpose(-1, -2) @ state["X"], post.unsqueeze(-1), f.unsqueeze(-2))
+        if self.record:
+            C = state["C"]
+            carried = res.to(C.dtype).transpose(-1, -2) @ C
+            new = post.to(C.dtype).unsqueeze(-1).expand(*carried.shape[:-1], 1)
+            state["C"] = torch.cat([carried, new], dim=-1)
 
     def final(self, state: dict[str, Any]) -> Tensor:
+        if self.record:
+            self.save_mixing_row(state["C"].mean(-2).unsqueeze(-1))
         return state["X"].mean(-2)
 
 

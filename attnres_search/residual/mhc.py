@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from attnres_search.kernels.reference import compute_dtype, inv_rms, inv_rms_no_grad, without_autocast
-from attnres_search.residual.base import ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive
+from attnres_search.residual.base import (ResidualConfig, ResidualRule, RuleSpec, SourcePlan, check_positive,
+                                          mixing_dtype)
 
 
 @dataclass(frozen=True)
@@ -204,18 +205,30 @@ class MHCRule(ResidualRule):
         # Materialised (not an expand) and every matmul operand contiguous: CPU batched
         # matmuls with a zero or odd stride fall back to one tiny GEMM per token (bench
         # step: mhc 4.2x the baseline step with them, see results/bench_cpu/).
-        return {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.m, v0.shape[-1]).contiguous()}
+        state = {"X": v0.unsqueeze(-2).expand(*v0.shape[:-1], self.m, v0.shape[-1]).contiguous()}
+        if self.record:  # M bookkeeping: stream k = sum_j C[..., k, j] v_j; every stream starts as v_0
+            state["C"] = torch.ones(*v0.shape[:-1], self.m, 1, dtype=mixing_dtype(v0.dtype), device=v0.device)
+        return state
 
     def layer_input(self, i: int, state: dict[str, Any]) -> Tensor:
         X = state["X"]
         pre, post, res = self.maps(i, X)
         state["post"], state["res"] = post.to(X.dtype), res.to(X.dtype).contiguous()
-        return (pre.to(X.dtype).unsqueeze(-2).contiguous() @ X).squeeze(-2)
+        pre = pre.to(X.dtype)
+        if self.record:  # h = H_pre X, with the maps as the forward applies them
+            C = state["C"]
+            self.save_mixing_row((pre.to(C.dtype).unsqueeze(-2) @ C).squeeze(-2).unsqueeze(-1))
+        return (pre.unsqueeze(-2).contiguous() @ X).squeeze(-2)
 
     def update(self, i: int, state: dict[str, Any], f: Tensor) -> None:
         state["X"] = torch.addcmul(state["res"] @ state["X"], state["post"].unsqueeze(-1), f.unsqueeze(-2))
+        if self.record:  # X' = H_res X + H_post^T f
+            C = state["C"]
+            state["C"] = torch.cat([state["res"].to(C.dtype) @ C, state["post"].to(C.dtype).unsqueeze(-1)], dim=-1)
 
     def final(self, state: dict[str, Any]) -> Tensor:
+        if self.record:
+            self.save_mixing_row(state["C"].mean(-2).unsqueeze(-1))
         return state["X"].mean(-2)
 
 

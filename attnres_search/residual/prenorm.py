@@ -21,12 +21,16 @@ class PreNormRule(ResidualRule):
         return [v0]
 
     def layer_input(self, i: int, state: list[Tensor]) -> Tensor:
+        if self.record:  # M: every earlier output with weight one
+            self.save_mixing_row(state[0].new_ones(i + 1, 1))
         return state[0]
 
     def update(self, i: int, state: list[Tensor], f: Tensor) -> None:
         state[0] = state[0] + f
 
     def final(self, state: list[Tensor]) -> Tensor:
+        if self.record:
+            self.save_mixing_row(state[0].new_ones(self.n_sublayers + 1, 1))
         return state[0]
 
 

@@ -32,6 +32,7 @@ PRESETS: dict[str, tuple[ResidualConfig, str]] = {
     "rezero": (R("rezero"), "ReZero"),
     "hc": (R("hc"), "Hyper-connections, static (n = 4 streams)"),
     "hc-dynamic": (R("hc", dynamic=True), "Hyper-connections, dynamic (n = 4 streams)"),
+    "highway": (R("highway"), "Highway (scalar gate, carry bias -2)"),
 }
 
 

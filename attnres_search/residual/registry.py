@@ -1,7 +1,7 @@
 """Residual kind -> :class:`~attnres_search.residual.base.RuleSpec`.
 
 Rule modules are found by themselves: every module of this package other than the
-infrastructure (``base``, ``registry``, ``presets``) is imported on first lookup and each
+infrastructure (``base``, ``registry``, ``presets``, ``mixing``) is imported on first lookup and each
 ``RuleSpec`` instance at its top level is registered. Code outside the package (a test, a
 user's plug-in) calls :func:`register_rule`.
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from attnres_search.residual.base import ResidualConfig, RuleSpec
 
-_INFRASTRUCTURE = {"base", "registry", "presets"}
+_INFRASTRUCTURE = {"base", "registry", "presets", "mixing"}
 _SPECS: dict[str, "RuleSpec"] = {}
 _discovered = False
 

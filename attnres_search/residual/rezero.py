@@ -27,13 +27,22 @@ class ReZeroRule(ResidualRule):
     def begin(self, v0: Tensor) -> list[Tensor]:
         return [v0]
 
+    def _save_row(self, i: int, like: Tensor) -> None:
+        """M row of point i: 1 on the embedding, alpha_j on f_j (input-independent)."""
+        one = like.new_ones(1, dtype=self.alpha.dtype)
+        self.save_mixing_row(torch.cat([one, self.alpha[:i]]).unsqueeze(-1))
+
     def layer_input(self, i: int, state: list[Tensor]) -> Tensor:
+        if self.record:
+            self._save_row(i, state[0])
         return state[0]
 
     def update(self, i: int, state: list[Tensor], f: Tensor) -> None:
         state[0] = state[0] + self.alpha[i].to(f.dtype) * f
 
     def final(self, state: list[Tensor]) -> Tensor:
+        if self.record:
+            self._save_row(self.n_sublayers, state[0])
         return state[0]
 
 

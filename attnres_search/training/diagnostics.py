@@ -7,7 +7,15 @@ Every ``every`` steps and after the last step, one snapshot holds, per sublayer:
   after backward and before clipping and the optimizer step;
 - ``alpha`` (AttnRes rules only; ``None`` otherwise): the mean depth-mixing weights of
   each of the L + 1 aggregation points (the last is the one before the head) over the
-  sources named in ``sources``, averaged over the validation batch's tokens and heads.
+  sources named in ``sources``, averaged over the validation batch's tokens and heads;
+- ``mixing`` (every rule): the effective depth-mixing matrix M, h_l = sum_i M_{i->l} v_i
+  over the embedding v_0 and every sublayer output v_i = f_i (``sources``: v0, f1, ...),
+  as the rule forms it, unnormalised: ``mean`` (row l has l + 1 entries) over the
+  validation batch's tokens and channel groups, and ``std``, its spread over them
+  (see :mod:`attnres_search.residual.mixing`);
+- ``sinks`` (AttnRes rules only; ``None`` otherwise): per point and source of ``alpha``,
+  the fraction of those tokens on which the source takes more than k times the uniform
+  weight, and the (point, source) pairs where that fraction reaches p (``flagged``).
 
 Snapshots go to ``diagnostics.json`` (rewritten after each one, so a crashed run keeps
 what it measured) and travel in checkpoints, so a resumed run keeps its history.
@@ -84,6 +92,8 @@ class DiagnosticsCallback(L.Callback):
             "grad_norm": grad_norms,
             "alpha": rec["alpha"],
             "sources": rec["sources"],
+            "mixing": rec["mixing"],
+            "sinks": rec["sinks"],
         }
 
     def document(self, model: AttnResLM) -> dict[str, Any]:
