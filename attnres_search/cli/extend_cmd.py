@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from attnres_search.cli.study_cmd import open_handle, storage_option
+from attnres_search.cli.study_cmd import open_handle, quiet_option, storage_option
 
 if TYPE_CHECKING:
     from attnres_search.study.handle import StudyHandle
@@ -37,23 +37,45 @@ def inconclusive_cells(handle: "StudyHandle") -> list[str]:
 
 @click.command()
 @click.argument("name")
-@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), required=True,
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=None,
               help="How many new seeds to add (they continue after the largest seed used).")
 @click.option("--inconclusive", is_flag=True,
               help="Only the cells whose report verdict is still inconclusive (and their baseline cells).")
 @click.option("--cell", "cells", multiple=True, metavar="LABEL",
               help="Only this cell, by its label as `study status` shows it (e.g. 'variant=full'); repeatable.")
+@click.option("--until-decided", is_flag=True,
+              help="Studies with a sequential design: run what is queued, take the look, add the design's step of "
+                   "seeds to the undecided primary cells and the baseline, and repeat until every primary "
+                   "comparison is decided or at its maximum. Safe to kill and rerun.")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--until-decided: run each look's runs with this many CPU worker processes (1: in this process).")
 @storage_option
-def extend(name: str, n_seeds: int, inconclusive: bool, cells: tuple[str, ...], storage: str | None) -> None:
+@quiet_option
+def extend(name: str, n_seeds: int | None, inconclusive: bool, cells: tuple[str, ...], until_decided: bool,
+           n_workers: int, storage: str | None, quiet: bool) -> None:
     """Queue K more seeds for every cell of study NAME (or only some cells); run them with
-    `study resume`, `worker` or `launch`, and reports include them."""
+    `study resume`, `worker` or `launch`, and reports include them. With --until-decided,
+    grow a study with a sequential design look by look until it decides."""
     from attnres_search.study.extend import extend_study
 
+    if until_decided:
+        if n_seeds is not None or inconclusive or cells:
+            raise click.UsageError("--until-decided grows the study by its design's step: give no --seeds, "
+                                   "--inconclusive or --cell with it")
+        _until_decided(open_handle(name, storage, "write"), n_workers, quiet)
+        return
+    if n_seeds is None:
+        raise click.UsageError("give --seeds K (or --until-decided for a study with a sequential design)")
+    if n_workers != 1:
+        raise click.UsageError("--workers goes with --until-decided")
     if inconclusive and cells:
         raise click.UsageError("give --inconclusive or --cell, not both")
     handle = open_handle(name, storage, "write")
     chosen: list[str] | None = list(cells) if cells else None
     if inconclusive:
+        if handle.space.design is not None:
+            raise click.UsageError(f"study {name} has a sequential design: grow it with --until-decided, whose "
+                                   "looks keep the error rate (re-testing inconclusive cells does not)")
         chosen = inconclusive_cells(handle)
         if not chosen:
             click.echo(f"study {name}: no inconclusive cell, nothing queued", err=True)
@@ -61,3 +83,26 @@ def extend(name: str, n_seeds: int, inconclusive: bool, cells: tuple[str, ...], 
     ext = extend_study(handle, n_seeds, chosen)
     click.echo(f"study {name}: seeds {', '.join(map(str, ext.seeds))} queued for {len(ext.cells)} cell(s), "
                f"{ext.queued} run(s); run them with `attnres-search study resume {name}`", err=True)
+
+
+def _until_decided(handle: "StudyHandle", n_workers: int, quiet: bool) -> None:
+    import sys
+
+    from attnres_search.cli.study_cmd import run_and_summarize
+    from attnres_search.cli.terminal import stdout_console
+    from attnres_search.study.until_decided import until_decided
+
+    def run_pending(h: "StudyHandle") -> None:
+        if n_workers == 1:
+            run_and_summarize(h, n_trials=None, quiet=quiet, requeue_failed=True)
+            return
+        from attnres_search.study.launch import start_workers, supervise
+
+        rc = supervise(start_workers(h, gpus=None, n_cpu=n_workers), h, console=stdout_console(), quiet=quiet)
+        if rc:
+            sys.exit(rc)
+
+    end = until_decided(handle, run_pending, echo=lambda line: click.echo(f"study {handle.name}: {line}", err=True))
+    states = ", ".join(f"{d.variant} {d.state_name}" for d in end.decisions)
+    click.echo(f"study {handle.name}: look {end.looks_done} of {handle.space.design.n_looks}: {states}; "
+               f"`attnres-search report {handle.name}` shows the verdicts", err=True)

@@ -39,6 +39,7 @@ def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: s
     if kind_arg and kind and kind_arg != kind:
         raise click.BadParameter(f"KIND {kind_arg} and --kind {kind} disagree", param_hint="--kind")
     handle = open_handle(name, storage, "write" if save_note else "read")
+    _record_due_looks(handle, name, storage)
     built = emit_report(handle, kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha, adjust=adjust)
     if save_note:
         from attnres_search.reports.tables import render
@@ -46,6 +47,21 @@ def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: s
 
         save_report_note(handle.study, render(built, "markdown"))
         click.echo(f"saved the report as the note of study {name} (optuna-dashboard shows it)", err=True)
+
+
+def _record_due_looks(handle: "StudyHandle", name: str, storage: str | None) -> None:
+    """A report that gives a sequential verdict takes a look: looks the data reached and the
+    storage does not record yet are written (a finished study's are all recorded already, so
+    re-rendering it writes nothing)."""
+    from attnres_search.reports.records import load_records
+    from attnres_search.study.looks import due_looks, record_looks
+
+    if handle.space.design is None or not due_looks(handle.study, load_records(handle.study, handle.space)):
+        return
+    writer = open_handle(name, storage, "write")
+    for look in record_looks(writer.study, load_records(writer.study, writer.space), by="report"):
+        click.echo(f"study {name}: recorded look {look['look']} of {writer.space.design.n_looks} "
+                   f"({look['pairs']} pairs)", err=True)
 
 
 def emit_report(handle: "StudyHandle", *, kind: str | None = None, fmt: str = "table",

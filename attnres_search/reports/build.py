@@ -12,6 +12,7 @@ from attnres_search.reports import bootstrap, fits
 from attnres_search.reports.comparisons import (TEST_NAMES, Options, adjust_and_power, budget_fields, budget_notes,
                                                 compare, delta_fields, loss_fields, mean_attr, power_notes,
                                                 stat_notes)
+from attnres_search.reports.design_rows import PRIMARY, apply_design, design_notes, design_table, study_decisions
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord
 from attnres_search.reports.stats import ADJUSTMENTS, NO_FIGURE, verdict
 from attnres_search.reports.tables import (Column, Report, Row, Table, count, key, mean_ci, num, pvalue, sci,
@@ -130,10 +131,15 @@ def _variant_rows(records: StudyRecords, opts: Options) -> list[Row]:
             row["paper_delta"] = paper_delta
             rows.append(row)
             comparisons.append(None if is_base else comparison)
-    adjust_and_power(rows, opts)
+    design = records.space.design
+    if design is not None:  # the pre-registered level; Holm over the primary comparisons only
+        opts = Options(opts.test, design.alpha, opts.adjust)
+    apply_design(rows, records)
+    adjust_and_power(rows, opts, family=None if design is None else (lambda r: r.get("role") == PRIMARY))
     for row, comparison in zip(rows, comparisons):
-        row["verdict"] = (NO_FIGURE if comparison is None
-                          else verdict(comparison, row["paper_delta"], opts.alpha, row["p_adjusted"]))
+        if design is None:
+            row["verdict"] = (NO_FIGURE if comparison is None
+                              else verdict(comparison, row["paper_delta"], opts.alpha, row["p_adjusted"]))
     return rows
 
 
@@ -150,8 +156,11 @@ def _adj_header(adjust: str) -> str:
     return "p adj. (Holm)" if adjust == "holm" else "p adj. (none)"
 
 
-def _variant_columns(group_keys: list[str], opts: Options, with_s: bool = False) -> list[Column]:
+def _variant_columns(group_keys: list[str], opts: Options, with_s: bool = False,
+                     roles: bool = False) -> list[Column]:
     cols = [Column("Variant", key("variant"), "left")]
+    if roles:
+        cols.append(Column("Role", key("role"), "left"))
     cols += [Column(k, key(k)) for k in group_keys]
     if with_s:
         cols.append(Column("S", key("block_size")))
@@ -202,11 +211,18 @@ def _comparing(rows: list[Row]) -> list[Row]:
 def _variant_tables(report: Report, records: StudyRecords, opts: Options, name: str, title: str,
                     rows: list[Row], with_s: bool = False) -> None:
     groups = _group_keys(records)
-    report.tables.append(Table(name, title, _variant_columns(groups, opts, with_s), rows))
+    design = records.space.design
+    if design is not None:
+        opts = Options(opts.test, design.alpha, opts.adjust)
+    report.tables.append(Table(name, title, _variant_columns(groups, opts, with_s, design is not None), rows))
+    found = study_decisions(records)
+    if design is not None and found is not None:
+        report.tables.append(design_table(rows, design, found[1]))
     report.tables.append(Table(f"{name}_power", "Statistical power, and Δ at equal training FLOPs and wall-clock",
                                _power_columns(groups), _comparing(rows), view_of=name))
-    report.notes += stat_notes(records, opts)
-    report.notes += power_notes(rows, opts)
+    report.notes += design_notes(records, rows, found[1] if found else 0, records.looks)
+    report.notes += stat_notes(records, opts) if design is None else stat_notes(records, opts)[:1]
+    report.notes += power_notes(rows, opts, verdicts=design is None, primary_only=design is not None)
     report.notes += budget_notes(records, rows)
 
 

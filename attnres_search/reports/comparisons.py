@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from attnres_search.reports import budgets
 from attnres_search.reports.records import StudyRecords, TrialRecord
@@ -73,16 +73,21 @@ def stat_notes(records: StudyRecords, opts: Options) -> list[str]:
     ]
 
 
-def adjust_and_power(rows: list[Row], opts: Options) -> None:
-    """Fill each comparing row's ``p_adjusted`` (Holm across every comparison of the table, or
-    the raw p with ``--adjust none``) and its power figures (``power_alpha``: the level used).
+def adjust_and_power(rows: list[Row], opts: Options, family: Callable[[Row], bool] | None = None) -> None:
+    """Fill each comparing row's ``p_adjusted`` (Holm across the comparisons of the family,
+    or the raw p with ``--adjust none``) and its power figures (``power_alpha``: the level used).
+
+    ``family`` picks the rows the adjustment runs over: every comparing row by default (a
+    fixed-n study), the pre-registered primary comparisons of a sequential design otherwise;
+    the other comparing rows are exploratory: no adjusted p, power at the unadjusted α.
 
     The power figures are for the paired t-test (also under ``--test wilcoxon``, whose
     efficiency relative to t is 0.955 for normal differences) at level α/m with Holm over m
     tests: the strictest step of Holm's procedure, so a row with that power clears the
     adjusted test whatever the other rows do; α itself with ``--adjust none``."""
     comparing = {id(r) for r in rows if r.get("n_pairs")}
-    tested = [r for r in rows if id(r) in comparing and finite(r.get("p_value"))]
+    in_family = {i for i in comparing if family is None or family(next(r for r in rows if id(r) == i))}
+    tested = [r for r in rows if id(r) in in_family and finite(r.get("p_value"))]
     adjusted = adjust_p_values([r["p_value"] for r in tested], opts.adjust)
     for row, p in zip(tested, adjusted):
         row["p_adjusted"] = p
@@ -92,21 +97,26 @@ def adjust_and_power(rows: list[Row], opts: Options) -> None:
         row["adjust"] = opts.adjust
         sd, n, delta = row.get("delta_sd"), row.get("n_pairs") or 0, row.get("delta_mean")
         power_ok = id(row) in comparing and finite(sd) and n >= 2
-        row["power_alpha"] = level if id(row) in comparing else None
-        row["mde_80"] = minimum_detectable_effect(sd, n, level, POWER) if power_ok else None
-        row["seeds_needed"] = seeds_to_detect(delta, sd, level, POWER) if power_ok and finite(delta) else None
+        row_level = level if id(row) in in_family else opts.alpha
+        row["power_alpha"] = row_level if id(row) in comparing else None
+        row["mde_80"] = minimum_detectable_effect(sd, n, row_level, POWER) if power_ok else None
+        row["seeds_needed"] = seeds_to_detect(delta, sd, row_level, POWER) if power_ok and finite(delta) else None
 
 
-def power_notes(rows: list[Row], opts: Options, verdicts: bool = True) -> list[str]:
-    m = sum(1 for r in rows if r.get("n_pairs") and finite(r.get("p_value")))
+def power_notes(rows: list[Row], opts: Options, verdicts: bool = True, primary_only: bool = False) -> list[str]:
+    m = sum(1 for r in rows if r.get("n_pairs") and finite(r.get("p_value"))
+            and (not primary_only or r.get("role") == "primary"))
     level = opts.alpha / m if opts.adjust == "holm" and m else opts.alpha
+    which = "pre-registered primary comparison(s)" if primary_only else "comparison(s) with the baseline in this table"
     if opts.adjust == "holm":
-        adj = (f"p adj.: Holm's step-down adjustment across the {m} comparison(s) with the baseline in this table"
+        adj = (f"p adj.: Holm's step-down adjustment across the {m} {which}"
                + ("; verdicts use it" if verdicts else ""))
         at = f"α/m = {opts.alpha}/{m} = {level:.3g} (the strictest Holm step, so enough for the adjusted test)"
     else:
         adj = "p adj.: no adjustment (--adjust none): the raw p-values" + (", which the verdicts use" if verdicts else "")
         at = f"α = {opts.alpha}"
+    if primary_only:
+        at += "; exploratory rows at α unadjusted"
     return [adj, f"power: SD = standard deviation of the paired differences; MDE = the smallest true Δ the "
                  f"paired t-test detects with {POWER:.0%} power with the pairs run, seeds = pairs it needs to detect "
                  f"the observed Δ with {POWER:.0%} power; two-sided, at {at}; exact noncentral-t power "

@@ -12,7 +12,7 @@ from attnres_search.study.space import Space
 if TYPE_CHECKING:
     import optuna
 
-from attnres_search.study.attrs import ATTR_SKIPPED
+from attnres_search.study.attrs import ATTR_LOOKS, ATTR_SKIPPED
 
 Group = tuple[tuple[str, Any], ...]
 
@@ -40,6 +40,7 @@ class StudyRecords:
     completed: list[TrialRecord]
     failed: Counter = field(default_factory=Counter)  # (variant, group) -> failed trials
     pruned: Counter = field(default_factory=Counter)
+    looks: list[dict[str, Any]] = field(default_factory=list)  # a sequential design's recorded looks
 
     def groups(self) -> list[Group]:
         """Distinct non-variant cells, in first-seen order of the sorted trials."""
@@ -62,7 +63,8 @@ class StudyRecords:
 def load_records(study: "optuna.Study", space: Space) -> StudyRecords:
     from optuna.trial import TrialState
 
-    records = StudyRecords(space, [])
+    looks = study.user_attrs.get(ATTR_LOOKS, [])
+    records = StudyRecords(space, [], looks=[dict(x) for x in looks] if isinstance(looks, list) else [])
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}  # failed, then run again
     for t in trials:

@@ -18,6 +18,7 @@ ATTR_VERSION = "attnres_search_version"
 ATTR_STUDY_ID = "study_uuid"  # a random id made at creation: run folders are keyed by it
 ATTR_HEARTBEAT_INTERVAL = "heartbeat_interval_s"  # seconds between a running trial's heartbeats
 ATTR_HEARTBEAT_GRACE = "heartbeat_grace_s"  # seconds without one after which a trial counts as dead
+ATTR_LOOKS = "design_looks"  # the looks a sequential design took: [{look, pairs, decisions, recorded_at, by, ...}]
 
 # Trial user attributes (besides every RunResult field but ``config``).
 ATTR_CELL = "cell"  # cell_key of the trial's parameters
