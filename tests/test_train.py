@@ -27,6 +27,19 @@ def test_same_seed_is_bit_identical_and_a_new_seed_is_not():
     a, b = run(tiny("block-s2")), run(tiny("block-s2"))
     assert a.val_curve == b.val_curve and a.final_val_loss == b.final_val_loss
     assert run(tiny("block-s2", seed=1)).final_val_loss != a.final_val_loss
+    # Bit-identical holds on the same hardware, so the run names it: the CPU model as the OS
+    # reports it and the instruction set torch dispatched to.
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = {line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.split(":", 1)[0].strip() == "model name"}
+        assert a.hardware["cpu"] in names
+    assert a.hardware["cpu"] and a.hardware["cpu"] != "unknown"
+    assert a.hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "gpu" not in a.hardware
+    assert RunResult.from_dict(json.loads(json.dumps(a.to_dict()))).hardware == a.hardware
 
 
 @pytest.mark.slow

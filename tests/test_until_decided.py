@@ -46,7 +46,8 @@ def stub_runner(cfg: RunConfig, **_: Any) -> RunResult:
         loss += 0.02 if cfg.seed % 2 else -0.021
     return RunResult(config=cfg.to_dict(), params_total=10, params_non_embedding=5, flops_per_token=1.0,
                      flops_total=1.0, tokens=cfg.tokens, steps=2, tokens_per_s=1.0, wall_time_s=0.1,
-                     final_val_loss=loss, best_val_loss=loss, val_curve=[(1, loss + 1), (2, loss)])
+                     final_val_loss=loss, best_val_loss=loss, val_curve=[(1, loss + 1), (2, loss)],
+                     hardware={"cpu": "Test CPU 9000", "cpu_capability": "AVX2"})
 
 
 def cells(url: str, states=(TrialState.COMPLETE,)) -> Counter:
@@ -137,6 +138,8 @@ def test_until_decided_grows_look_by_look_and_survives_a_kill(seq_study: str, mo
 def test_a_report_records_the_look_it_gives_a_verdict_at(seq_study: str, monkeypatch, capsys) -> None:
     code, _, err = cli(["study", "resume", "seq", "--quiet"], monkeypatch, capsys)
     assert code == 0, err
+    code, out, _ = cli(["study", "status", "seq"], monkeypatch, capsys)
+    assert "hardware: Test CPU 9000 [AVX2] (12 runs)" in out, "status names the hardware the runs used"
     code, out, err = cli(["report", "seq"], monkeypatch, capsys)
     assert code == 0 and "recorded look 1 of 5 (3 pairs)" in err
     study = optuna.load_study(study_name="seq", storage=seq_study)

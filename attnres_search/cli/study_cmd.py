@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
+from attnres_search.cli.options import time_limit_option
 from attnres_search.cli.terminal import stdout_console
 
 if TYPE_CHECKING:
@@ -95,28 +96,35 @@ def start(space: str, name: str | None, storage: str | None, n_trials: int | Non
 @click.argument("name")
 @storage_option
 @click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Run at most this many trials here.")
+@time_limit_option
 @quiet_option
-def resume(name: str, storage: str | None, n_trials: int | None, quiet: bool) -> None:
+def resume(name: str, storage: str | None, n_trials: int | None, time_limit: float | None, quiet: bool) -> None:
     """Finish study NAME: run its missing cells (failed ones again), leave finished ones alone.
 
     Interrupted trials (Ctrl-C, SIGTERM, a full disk) are re-run by any worker, from their
     last checkpoint; trials left RUNNING by a killed process are failed once their
     heartbeat is older than the study's grace period (`study set --heartbeat-grace`) and
     then re-run here. Unlike `worker` and `launch`, resume also re-runs failed runs.
+    With --time-limit a study grows a window at a time and loses no step.
     """
     quiet_optuna()
-    run_and_summarize(open_handle(name, storage, "write"), n_trials=n_trials, quiet=quiet, requeue_failed=True)
+    run_and_summarize(open_handle(name, storage, "write"), n_trials=n_trials, quiet=quiet, requeue_failed=True,
+                      time_limit=time_limit)
 
 
 def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, requeue_failed: bool = False,
-                      devices_per_trial: int = 1, runner: Callable[..., Any] | None = None) -> None:
+                      devices_per_trial: int = 1, runner: Callable[..., Any] | None = None,
+                      time_limit: float | None = None) -> None:
     """Run a worker on ``handle`` with the rich display (or, quiet, failure lines only);
-    exit 1 when trials failed. ``runner``: see :func:`attnres_search.study.worker.run_worker`."""
+    exit 1 when trials failed. ``runner``: see :func:`attnres_search.study.worker.run_worker`.
+    ``time_limit`` (seconds): a worker stopped by it ends with its one line on what is
+    left, printed even when quiet (it is why the worker stopped)."""
     from attnres_search.cli.study_progress import FailureLines, RichStudyProgress
+    from attnres_search.study.time_limit import TimeLimit
     from attnres_search.study.worker import DiskFull, run_worker
 
     kwargs = dict(n_trials=n_trials, requeue_failed=requeue_failed, devices_per_trial=devices_per_trial,
-                  runner=runner)
+                  runner=runner, time_limit=TimeLimit(time_limit) if time_limit is not None else None)
     try:
         if quiet:
             summary = run_worker(handle, progress=FailureLines(), **kwargs)
@@ -130,6 +138,9 @@ def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: boo
         click.echo(f"study {handle.name}: ran {summary.ran} trial(s) here ({summary.completed} complete, "
                    f"{summary.failed} failed, {summary.pruned} pruned, {summary.skipped} duplicate(s) skipped{taken}); "
                    f"{summary.missing} run(s) still missing", err=True)
+    line = summary.time_limit_line()
+    if line is not None:
+        click.echo(line, err=True)
     if summary.failed:
         raise click.ClickException(f"{summary.failed} trial(s) failed (reasons above, tracebacks in "
                                    f"{handle.logs_dir}); `attnres-search study resume {handle.name}` runs them again")
@@ -178,7 +189,7 @@ def status(name: str, storage: str | None) -> None:
 
     from attnres_search.study.cells import cell_label
     from attnres_search.study.heartbeats import running_trials
-    from attnres_search.study.status import STATES, failed_trials, per_variant, trial_params
+    from attnres_search.study.status import STATES, failed_trials, hardware_counts, per_variant, trial_params
 
     handle = open_handle(name, storage, "read")
     space = handle.space
@@ -196,6 +207,8 @@ def status(name: str, storage: str | None) -> None:
     elif st.mean_trial_s is not None:
         console.print(f"mean trial {st.mean_trial_s:.1f} s   ETA {eta_text}"
                       + ("" if st.running else "  (no worker running: `study resume` continues it)"))
+    for label, n in hardware_counts(handle).items():
+        console.print(f"hardware: {label} ({n} run{'s' if n != 1 else ''})")
     table = Table(title="Per variant", title_justify="left")
     for col in ("variant", "complete", "running", "waiting", "failed", "pruned"):
         table.add_column(col, justify="right" if col != "variant" else "left")

@@ -186,3 +186,17 @@ def per_variant(handle: "StudyHandle") -> dict[str, dict[str, int]]:
         if variant in counts and ATTR_SKIPPED not in trial.user_attrs and trial.number not in superseded:
             counts[variant][trial.state.name] += 1
     return {k: {s: v[s] for s in STATES} for k, v in counts.items()}
+
+
+def hardware_counts(handle: "StudyHandle") -> dict[str, int]:
+    """Finished runs per hardware (``hardware_label``): the same seed gives the same bits only
+    on the same hardware, so a study whose runs span machines says so."""
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    from attnres_search.training.provenance import hardware_label
+
+    counts = Counter(hardware_label(t.user_attrs.get("hardware")) for t in handle.trials()
+                     if t.state == TrialState.COMPLETE and ATTR_SKIPPED not in t.user_attrs)
+    return dict(counts.most_common())
