@@ -12,7 +12,7 @@ import click
 from attnres_search.cli.errors import BadInput
 from attnres_search.cli.options import TOKENS, preset_option
 from attnres_search.cli.terminal import error, stderr_console, stdout_console
-from attnres_search.training.config import COMPILE_MODES
+from attnres_search.training.config import COMPILE_MODES, LOGGERS
 from attnres_search.units import format_count as _si
 
 
@@ -77,6 +77,11 @@ def _summary_table(result: Any) -> Any:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write run.json, diagnostics.json, checkpoints here.")
 @click.option("--ckpt-every", type=click.IntRange(min=1), default=None, help="Checkpoint every N steps (needs --out).")
 @click.option("--resume", is_flag=True, help="Continue from --out's last checkpoint when there is one.")
+@click.option("--logger", "logger", multiple=True, type=click.Choice(LOGGERS),
+              help="Also log to this Lightning logger (repeatable): tensorboard, csv, wandb (offline unless "
+                   "WANDB_MODE=online), mlflow (a local store unless MLFLOW_TRACKING_URI is set).")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the loggers write [default: OUT/logs, else ./lightning_logs].")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
 def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int | None,
@@ -89,6 +94,8 @@ def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, 
 
     show = not (quiet or as_json)
     mode = run_fields.pop("compile_mode")
+    run_fields["logger"] = list(run_fields["logger"])
+    run_fields["run_name"] = f"{preset}-seed{run_fields['seed']}"
     if mode is not None:  # true stays true, so configs (and their fingerprints) without a mode do not change
         run_fields["compile"] = True if mode == "default" else mode
     try:

@@ -275,7 +275,9 @@ class TrialObjective:
         cell = cell_dir(handle.runs_dir, cell_slug(params), fingerprint(handle.identity, cfg.to_dict(),
                                                                          RESUME_FREE_FIELDS))
         out_dir = attempt_dir(cell, trial.number)
-        cfg = replace(cfg, out_dir=str(out_dir))
+        # Lightning loggers (train.logger in the space): one logger run per cell x seed, in the study's experiment.
+        cfg = replace(cfg, out_dir=str(out_dir), run_name=f"{handle.name} {cell_label(params)}",
+                      experiment=handle.name, log_dir=cfg.log_dir or str(handle.runs_dir))
         write_trial_log(log_path, f"trial {trial.number} of study {handle.name}: {cell_label(params)} "
                                   f"on {socket.gethostname()}:{os.getpid()}, run folder {out_dir}")
         if cfg.resume:

@@ -12,10 +12,11 @@ Schema (every key but ``variants`` is optional)::
     model:                  # ModelConfig fields shared by every run (not `residual`)
       n_layers: 2
       d_model: 48
-    train:                  # RunConfig fields shared by every run (not model/seed/out_dir/resume)
+    train:                  # RunConfig fields shared by every run (not model/seed/out_dir/resume/run_name/experiment)
       tokens: 200k          # integers accept k / M / B suffixes
       lr: 3.0e-3
       ckpt_every: 2000      # with checkpoints, a retried trial continues from its last one
+      logger: [tensorboard, csv]  # Lightning loggers: tensorboard | csv | wandb | mlflow; one run per cell x seed
     variants:               # the residual rules compared; each is a preset name (Table 4 rows)...
       - baseline
       - full
@@ -68,7 +69,7 @@ from attnres_search.units import parse_count
 TOP_KEYS = ("name", "description", "kind", "model", "train", "variants", "baseline", "seeds", "extra_seeds", "axes",
             "sizes", "shapes", "budget", "sampler", "n_trials", "pruner", "design")
 # Fields the study owns: a space may not set them.
-_MANAGED_RUN_FIELDS = ("model", "seed", "out_dir", "resume")
+_MANAGED_RUN_FIELDS = ("model", "seed", "out_dir", "resume", "run_name", "experiment")
 _MANAGED_MODEL_FIELDS = ("residual",)
 
 _RUN_HINTS = typing.get_type_hints(RunConfig)
@@ -235,6 +236,11 @@ def _fields(data: Any, hints: dict[str, Any], managed: tuple[str, ...], where: s
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a dataclass field's type; numbers may be written ``200k``,
     ``2M`` or ``3e-3`` (which YAML would otherwise read as a string)."""
+    if typing.get_origin(hint) is list:  # e.g. train.logger: one name or a list of them
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError(f"{where} must be a list (or one value), got {value!r}")
+        return [coerce(item, typing.get_args(hint)[0], f"{where}[{i}]") for i, item in enumerate(items)]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = type(None) in typing.get_args(hint)
     base = hint if not args or typing.get_origin(hint) is typing.Literal else args[0]

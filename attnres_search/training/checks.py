@@ -57,6 +57,11 @@ def check_run(config: RunConfig) -> None:
         raise BadInput("resume needs an out_dir holding the checkpoints")
     if cfg.out_dir is not None:
         check_writable_dir(cfg.out_dir, "out_dir")
+    if cfg.logger:
+        from attnres_search.training.loggers import check_loggers, log_root
+
+        check_loggers(cfg.logger)
+        check_writable_dir(log_root(cfg), "log_dir")
     check_source(cfg.data, vocab_size=cfg.model.vocab_size, seq_len=cfg.model.seq_len)
     check_memory(cfg)
 

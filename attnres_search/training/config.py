@@ -14,6 +14,7 @@ from attnres_search.model.config import ModelConfig
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine")
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")  # Lightning loggers a run can write to
 # torch.compile modes: "reduce-overhead" replays CUDA graphs (static shapes, no per-kernel
 # launch cost), "max-autotune" also tunes GEMMs; both only make a difference on a GPU.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -47,6 +48,12 @@ class RunConfig:
     out_dir: str | None = None  # run.json, diagnostics.json and checkpoints go here
     ckpt_every: int | None = None  # steps between Lightning checkpoints (None: none)
     resume: bool = False  # continue from out_dir's last checkpoint when there is one
+    # Lightning loggers the run writes to (tensorboard | csv | wandb | mlflow), see training/loggers.py;
+    # they change where numbers are shown, never what is computed (so a run may resume with others).
+    logger: list[str] = field(default_factory=list)
+    log_dir: str | None = None  # where loggers write [default: out_dir/logs, else ./lightning_logs]
+    run_name: str | None = None  # the run's name in the loggers [default: rule and seed; studies: cell and seed]
+    experiment: str | None = None  # the loggers' experiment / project [default: attnres-search; studies: the study]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,7 +24,8 @@ from attnres_search.training.config import RunConfig, compile_mode
 # Fields that may differ between a run and the checkpoint it resumes from: they change
 # where things go or how fast they run, not what is computed.
 RESUME_FREE_FIELDS = frozenset(
-    {"out_dir", "resume", "ckpt_every", "val_every", "diagnostics_every", "compile", "accelerator", "devices", "precision"}
+    {"out_dir", "resume", "ckpt_every", "val_every", "diagnostics_every", "compile", "accelerator", "devices", "precision",
+     "logger", "log_dir", "run_name", "experiment"}
 )
 TRAIN_CURVE_POINTS = 256  # at most about this many train-loss points are kept
 TRAIN_LOG_EVERY = 10  # steps between train_loss updates in trainer.callback_metrics
@@ -76,8 +77,9 @@ class LitLM(L.LightningModule):
         if step % self._curve_every == 0 or step == self.total_steps - 1:
             self.train_curve.append((step, value))
         # self.log costs ~0.5 ms of Python per call, as much as a small model's step: log
-        # every TRAIN_LOG_EVERY steps (the progress display reads the step's loss itself).
-        if step % TRAIN_LOG_EVERY == 0 or step == self.total_steps - 1:
+        # every TRAIN_LOG_EVERY steps (the progress display reads the step's loss itself), on
+        # the steps the Trainer (log_every_n_steps=TRAIN_LOG_EVERY) hands to the loggers.
+        if (step + 1) % TRAIN_LOG_EVERY == 0 or step == self.total_steps - 1:
             self.log("train_loss", loss.detach(), batch_size=batch[0].shape[0])
         return loss
 

@@ -34,6 +34,7 @@ from attnres_search.training.data import Corpus, LMDataModule, check_vocab, load
 from attnres_search.training.ddp import inside_launched_rank, run_ddp
 from attnres_search.training.diagnostics import DiagnosticsCallback
 from attnres_search.training.lit_module import LitLM, NonFiniteLoss
+from attnres_search.training.loggers import RunLogging, build_loggers, finish_loggers, flat_params, throughput_monitor
 from attnres_search.training.progress import TrainProgress
 from attnres_search.training.provenance import device_name, git_commit, hardware, versions
 from attnres_search.training.trainer import build_trainer, last_checkpoint, quiet_lightning, restore_torch_flags
@@ -125,6 +126,8 @@ def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool 
     if sigterm is not None:
         own.append(sigterm)
     trainer = module = None
+    loggers = build_loggers(cfg) if cfg.logger else []
+    finished = False
     try:
         with quiet_lightning(), restore_torch_flags():
             L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -134,7 +137,9 @@ def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool 
             module = LitLM(cfg, steps)
             timer = TrainTimer()
             diagnostics = DiagnosticsCallback(cfg.diagnostics_every, data.val_inputs[: cfg.batch_size], diag_path)
-            trainer = build_trainer(cfg, steps, [timer, diagnostics, *callbacks, *own])
+            if loggers:
+                own += [throughput_monitor(cfg, steps), RunLogging(cfg, flat_params(cfg.to_dict()), diagnostics)]
+            trainer = build_trainer(cfg, steps, [timer, diagnostics, *callbacks, *own], loggers=loggers)
             try:
                 _fit(trainer, module, data, _resume_checkpoint(cfg))
             except SystemExit:
@@ -143,6 +148,8 @@ def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool 
                 result = _result(cfg, steps, corpus, module, trainer, timer, diagnostics, diag_path, started,
                                  interrupted=True)
                 record = _write_record(out_dir, result, trainer)
+                finish_loggers(loggers, result, "interrupted")
+                finished = True
                 checkpoint = sigterm.path if sigterm is not None and sigterm.saved_step is not None else None
                 raise RunInterrupted(trainer.global_step, steps, checkpoint, record) from None
             if not module.val_curve or module.val_curve[-1][0] != trainer.global_step:
@@ -151,8 +158,12 @@ def run(cfg: RunConfig, *, callbacks: Sequence[L.Callback] = (), progress: bool 
                 diagnostics.write(module.model)
             result = _result(cfg, steps, corpus, module, trainer, timer, diagnostics, diag_path, started)
         _write_record(out_dir, result, trainer)
+        finish_loggers(loggers, result)
+        finished = True
         return result
     finally:
+        if not finished:  # a failed run still closes its logger runs (marked failed)
+            finish_loggers(loggers, None, "failed")
         del trainer, module
         gc.collect()
         if torch.cuda.is_available():

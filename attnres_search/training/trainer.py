@@ -19,8 +19,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 
 from attnres_search.training.config import RunConfig
+from attnres_search.training.lit_module import TRAIN_LOG_EVERY
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -47,9 +49,12 @@ def last_checkpoint(cfg: RunConfig) -> Path:
     return Path(cfg.out_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-def build_trainer(cfg: RunConfig, steps: int, callbacks: Sequence[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: RunConfig, steps: int, callbacks: Sequence[L.Callback],
+                  loggers: Sequence[Logger] = ()) -> L.Trainer:
     """A Trainer for ``steps`` optimizer steps. Lightning's own progress bar stays off: runs
-    show :class:`attnres_search.training.progress.TrainProgress` (passed in ``callbacks``)."""
+    show :class:`attnres_search.training.progress.TrainProgress` (passed in ``callbacks``).
+    ``loggers`` (:mod:`attnres_search.training.loggers`) get what the module logs every
+    ``TRAIN_LOG_EVERY`` steps, the steps it logs at; without any, logging is off entirely."""
     all_callbacks = list(callbacks)
     if cfg.ckpt_every is not None:
         all_callbacks.append(
@@ -80,7 +85,8 @@ def build_trainer(cfg: RunConfig, steps: int, callbacks: Sequence[L.Callback]) -
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else None,
         deterministic=not on_gpu(cfg),  # bit-identical CPU runs; GPU keeps its fast kernels
-        logger=False,
+        logger=list(loggers) if loggers else False,
+        log_every_n_steps=TRAIN_LOG_EVERY,
         enable_checkpointing=cfg.ckpt_every is not None,
         enable_model_summary=False,
         enable_progress_bar=False,
