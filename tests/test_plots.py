@@ -29,14 +29,15 @@ def assert_pngs(paths, names):
         assert len(content) > 1000 and content.startswith(PNG_MAGIC)
 
 
-def test_attnres_run_gets_all_four_figures(tmp_path):
+def test_attnres_run_gets_all_five_figures(tmp_path):
     paths = plot_run(finished_run(tmp_path / "run", "block-s2"), tmp_path / "figs")
-    assert_pngs(paths, ["loss.png", "output_rms.png", "grad_norm.png", "depth_mixing.png"])
+    assert_pngs(paths, ["loss.png", "output_rms.png", "grad_norm.png", "depth_mixing.png", "mixing.png"])
 
 
-def test_baseline_has_no_depth_mixing_heatmap(tmp_path):
-    paths = plot_run(finished_run(tmp_path / "run", "baseline"), tmp_path / "figs")
-    assert_pngs(paths, ["loss.png", "output_rms.png", "grad_norm.png"])
+@pytest.mark.parametrize("residual", ["baseline", "highway"])
+def test_other_rules_get_their_mixing_matrix_but_no_alpha_heatmap(tmp_path, residual):
+    paths = plot_run(finished_run(tmp_path / "run", residual), tmp_path / "figs")
+    assert_pngs(paths, ["loss.png", "output_rms.png", "grad_norm.png", "mixing.png"])
 
 
 def test_run_json_alone_falls_back_to_the_final_snapshot(tmp_path):
@@ -48,7 +49,7 @@ def test_run_json_alone_falls_back_to_the_final_snapshot(tmp_path):
     record = json.loads(alone.read_text())
     record["diagnostics_path"] = str(tmp_path / "gone" / "diagnostics.json")
     alone.write_text(json.dumps(record))
-    assert len(plot_run(alone, tmp_path / "figs")) == 4
+    assert len(plot_run(alone, tmp_path / "figs")) == 5
 
 
 def test_unreadable_run_file_is_a_value_error(tmp_path):

@@ -13,6 +13,7 @@ from attnres_search.reports.comparisons import (TEST_NAMES, Options, adjust_and_
                                                 compare, delta_fields, loss_fields, mean_attr, power_notes,
                                                 stat_notes)
 from attnres_search.reports.design_rows import PRIMARY, apply_design, design_notes, design_table, study_decisions
+from attnres_search.reports.mixing import add_mixing_section
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord
 from attnres_search.reports.stats import ADJUSTMENTS, NO_FIGURE, verdict
 from attnres_search.reports.tables import (Column, Report, Row, Table, count, key, mean_ci, num, pvalue, sci,
@@ -33,6 +34,7 @@ def build_report(records: StudyRecords, study_name: str, kind: str, *, test: str
     report = Report(title=f"{kind} report: study {study_name} (space {records.space.name})", kind=kind,
                     study=study_name)
     builder(report, records, Options(test, alpha, adjust))
+    add_mixing_section(report, records)  # the depth-mixing table, when the trials recorded M
     if progress_note:
         report.notes.insert(0, progress_note)
     report.notes.extend(_failure_notes(records))

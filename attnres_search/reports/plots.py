@@ -1,7 +1,8 @@
 """PNG figures of a report: the study-level figure of each kind; the figures comparing the
 variants over all their seeds (:mod:`attnres_search.reports.variant_plots`: loss curves with
-bands, forest plot of Δ, depth-mixing heatmaps, output-RMS and gradient profiles); and one
-representative run per variant (its first seed: loss curve, profiles, heatmap) drawn by
+bands, forest plot of Δ, depth-mixing heatmaps of α and of every rule's M, output-RMS and
+gradient profiles); and one representative run per variant (its first seed: loss curve,
+profiles, heatmaps) drawn by
 :mod:`attnres_search.reports.run_plots` from the trial's stored record."""
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def _across_seeds(report: Report, records: StudyRecords, out: Path) -> list[Path
              variant_plots.forest_plot(comparing, group_keys, report.title, out / "forest.png")]
     paths = [p for p in found if p is not None]
     paths += variant_plots.depth_mixing_plots(records, report.title, out)
+    paths += variant_plots.mixing_matrix_plots(records, report.title, out)
     paths += variant_plots.profile_plots(records, report.title, out)
     return paths
 

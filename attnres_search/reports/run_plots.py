@@ -1,5 +1,6 @@
 """PNG figures of one run: loss curves, per-layer output magnitude and gradient norm
-profiles (the paper's Figure 5 for a single run), and the depth-mixing heatmap."""
+profiles (the paper's Figure 5 for a single run), the depth-mixing heatmap of AttnRes
+rules, and the effective mixing matrix M of every rule."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from attnres_search.reports.mixing_plots import mark_sinks, run_mixing_plot  # noqa: E402
 from attnres_search.residual import ResidualConfig, spec_for  # noqa: E402
 from attnres_search.training.diagnostics import sublayer_names  # noqa: E402
 
@@ -101,7 +103,10 @@ def _alpha_plot(snapshot: dict[str, Any], title: str, path: Path) -> Path:
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < np.nanmax(matrix) / 2 else "black")
-    ax.set(xlabel="source", ylabel="reading layer", title=f"Depth mixing α (step {snapshot['step']})\n{title}")
+    sinks = (snapshot.get("sinks") or {}).get("flagged", [])
+    mark_sinks(ax, sinks, on_members=False)
+    heading = f"Depth mixing α (step {snapshot['step']})" + ("; red frame: depth-wise sink" if sinks else "")
+    ax.set(xlabel="source", ylabel="reading layer", title=f"{heading}\n{title}")
     fig.colorbar(image, ax=ax, label="mean α")
     return _save(fig, path)
 
@@ -139,8 +144,10 @@ def read_run_file(path: Path) -> dict[str, Any]:
 
 
 def plot_run(run_json_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write the run's figures into ``out_dir`` and return their paths. The depth-mixing
-    heatmap exists only for AttnRes rules (others have no α)."""
+    """Write the run's figures into ``out_dir`` and return their paths. The effective
+    mixing matrix M (``mixing.png``) is drawn for every rule whose diagnostics recorded it;
+    the heatmap of α over the rule's own sources (``depth_mixing.png``) exists only for
+    AttnRes rules (others have no α)."""
     run_json = Path(run_json_path)
     run = read_run_file(run_json)
     out = Path(out_dir)
@@ -154,4 +161,6 @@ def plot_run(run_json_path: str | Path, out_dir: str | Path) -> list[Path]:
         final = snapshots[-1]
         if final.get("alpha") and all(row is not None for row in final["alpha"]):
             paths.append(_alpha_plot(final, title, out / "depth_mixing.png"))
+        if isinstance(final.get("mixing"), dict):
+            paths.append(run_mixing_plot(final, title, out / "mixing.png"))
     return paths

@@ -1,7 +1,7 @@
 """Figures that compare the variants of a study over all their seeds: validation-loss curves
 (mean over seeds, band from the lowest to the highest seed) on one axis, a forest plot of Δ beside the paper's Δ,
-depth-mixing heatmaps side by side, and output-RMS / gradient-norm profiles (the paper's
-Figure 5 shapes). Every seed counts, not one representative run.
+depth-mixing heatmaps side by side (AttnRes's α, and every rule's effective mixing matrix
+M), and output-RMS / gradient-norm profiles (the paper's Figure 5 shapes). Every seed counts, not one representative run.
 
 The data helpers (:func:`mean_curve`, :func:`mean_matrix`, :func:`mean_profile`) are kept
 apart from the drawing so that the numbers drawn can be tested.
@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attnres_search.reports.budgets import is_number, val_points  # noqa: E402
+from attnres_search.reports.mixing import majority_sinks  # noqa: E402
+from attnres_search.reports.mixing_plots import mark_sinks, panels_figure  # noqa: E402
 from attnres_search.reports.records import Group, StudyRecords, TrialRecord  # noqa: E402
 from attnres_search.reports.tables import Row  # noqa: E402
 from attnres_search.training.diagnostics import sublayer_names  # noqa: E402
@@ -222,17 +224,18 @@ def depth_mixing_plots(records: StudyRecords, title: str, out: Path) -> list[Pat
             matrix = mean_matrix([s.get("alpha") for s in snaps if s.get("alpha")])
             if matrix is not None:
                 sources = next((s.get("sources") for s in snaps if s.get("sources")), None)
-                panels.append((variant, matrix, sum(1 for s in snaps if s.get("alpha")), sources))
+                panels.append((variant, matrix, sum(1 for s in snaps if s.get("alpha")), sources, majority_sinks(snaps)))
         if not panels:
             continue
-        vmax = max(float(np.nanmax(m)) for _, m, _, _ in panels) or 1.0
-        width = sum(1.2 + 0.35 * m.shape[1] for _, m, _, _ in panels) + 1.5
-        height = 2.0 + 0.28 * max(m.shape[0] for _, m, _, _ in panels)
+        vmax = max(float(np.nanmax(m)) for _, m, _, _, _ in panels) or 1.0
+        width = sum(1.2 + 0.35 * m.shape[1] for _, m, _, _, _ in panels) + 1.5
+        height = 2.0 + 0.28 * max(m.shape[0] for _, m, _, _, _ in panels)
         fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, width), height), squeeze=False,
                                  layout="constrained")
         image = None
-        for ax, (variant, matrix, n, sources) in zip(axes[0], panels):
+        for ax, (variant, matrix, n, sources, sinks) in zip(axes[0], panels):
             image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+            mark_sinks(ax, sinks, on_members=False)
             names = sublayer_names(matrix.shape[0] - 1) + ["head"]
             ax.set_yticks(range(matrix.shape[0]), names, fontsize=7)
             longest = max(sources or [[]], key=len)
@@ -242,11 +245,37 @@ def depth_mixing_plots(records: StudyRecords, title: str, out: Path) -> list[Pat
             ax.set(title=f"{variant} (n={n})", xlabel="source")
         axes[0][0].set_ylabel("reading layer")
         fig.colorbar(image, ax=list(axes[0]), label="mean α over seeds", shrink=0.9)
-        fig.suptitle(f"Depth mixing α, final step\n{title} {_group_text(group)}".strip())
+        framed = "; red frame: depth-wise sink in at least half the seeds" if any(p[4] for p in panels) else ""
+        fig.suptitle(f"Depth mixing α, final step{framed}\n{title} {_group_text(group)}".strip())
         path = out / f"depth_mixing{_suffix(group, len(groups) > 1)}.png"
         fig.savefig(path, dpi=120)  # constrained layout, not tight_layout: the colorbar spans the panels
         plt.close(fig)
         paths.append(path)
+    return paths
+
+
+def mixing_matrix_plots(records: StudyRecords, title: str, out: Path) -> list[Path]:
+    """One figure per cell: every variant's effective mixing matrix M (final step, mean over
+    seeds) side by side on one colour scale, the sinks of at least half the seeds framed;
+    the taxonomy of residual rules as one picture (see :mod:`.mixing_plots`)."""
+    cells = _cells(records)
+    groups = list(dict.fromkeys(g for g, _, _ in cells))
+    paths = []
+    for group in groups:
+        panels = []
+        for g, variant, recs in cells:
+            if g != group:
+                continue
+            snaps = [s for s in (_final_snapshot(r) for r in recs) if isinstance(s.get("mixing"), dict)]
+            matrix = mean_matrix([s["mixing"]["mean"] for s in snaps])
+            if matrix is not None:
+                panels.append((f"{variant} (n={len(snaps)})", matrix, snaps[0]["mixing"].get("sources"),
+                               majority_sinks(snaps)))
+        if not panels:
+            continue
+        path = out / f"mixing_matrix{_suffix(group, len(groups) > 1)}.png"
+        heading = r"Effective depth-mixing matrix M, $h_l = \Sigma_i\, M_{i\to l}\, v_i$ (final step, one colour scale)"
+        paths.append(panels_figure(panels, f"{heading}\n{title} {_group_text(group)}".strip(), path))
     return paths
 
 
