@@ -60,3 +60,33 @@ def layer_io() -> Iterator[Callable[..., Any]]:
     yield attach
     for handle in handles:
         handle.remove()
+
+
+# ---------------------------------------------------------------- a WSGI app served on 127.0.0.1
+@pytest.fixture
+def serve_wsgi() -> Iterator[Callable[[Any], str]]:
+    """``serve_wsgi(app)`` -> ``http://127.0.0.1:PORT``: the app served over real HTTP by a
+    threaded wsgiref server (a browser loads a page's API calls in parallel) until the test ends."""
+    import threading
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    servers: list[Any] = []
+
+    def start(app: Any) -> str:
+        server = make_server("127.0.0.1", 0, app, server_class=Server, handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

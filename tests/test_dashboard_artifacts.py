@@ -1,6 +1,6 @@
 """Where researchers look: each trial's run.json and figures are Optuna artifacts in a
 file-system store next to the database, and `report --note` saves the report as the
-study's note; both checked through optuna-dashboard's own WSGI app."""
+study's note with its figures; both checked through optuna-dashboard's own WSGI app."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 
+from attnres_search.reports.dashboard import FOREST_ID, LOSS_ID
 from attnres_search.study.artifacts import artifact_dir
 from tests.cli_runner import cli
 
@@ -56,6 +57,7 @@ def test_trial_artifacts_and_the_report_note_show_in_the_dashboard(tmp_path: Pat
     assert status.startswith("200"), body[:200]
     detail = json.loads(body)
     assert "Variants against the baseline" in detail["note"]["body"]
+    assert {g["id"] for g in detail["plotly_graph_objects"]} == {FOREST_ID, LOSS_ID}
     trials = detail["trials"]
     assert len(trials) == 2
     for trial in trials:

@@ -38,6 +38,9 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the dashboard started on a storage it should have refused")
 
     monkeypatch.setattr(optuna_dashboard, "run_server", refuse)
+    from attnres_search.study import dashboard_app
+
+    monkeypatch.setattr(dashboard_app, "serve", refuse)
 
 
 def digest(path: Path) -> str:

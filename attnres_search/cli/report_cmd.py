@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 @click.option("--adjust", type=click.Choice(ADJUSTMENTS), default="holm", show_default=True,
               help="Adjust the p-values for the number of variants compared (Holm), or not; verdicts use it.")
 @click.option("--note", "save_note", is_flag=True,
-              help="Also save the report (Markdown) as the study's note in optuna-dashboard (writes to the storage).")
+              help="Also save the report (Markdown) as the study's note in optuna-dashboard, with a forest plot "
+                   "of Δ and the mean loss curves as its figures (writes to the storage).")
 @storage_option
 def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: str | None, test: str, alpha: float,
            adjust: str, save_note: bool, storage: str | None) -> None:
@@ -42,11 +43,12 @@ def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: s
     _record_due_looks(handle, name, storage)
     built = emit_report(handle, kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha, adjust=adjust)
     if save_note:
-        from attnres_search.reports.tables import render
-        from attnres_search.study.artifacts import save_report_note
+        from attnres_search.reports.dashboard import publish
+        from attnres_search.reports.records import load_records
 
-        save_report_note(handle.study, render(built, "markdown"))
-        click.echo(f"saved the report as the note of study {name} (optuna-dashboard shows it)", err=True)
+        published = publish(handle.study, built, load_records(handle.study, handle.space))
+        click.echo(f"saved the report as the note of study {name}, with {len(published.figures)} figure(s) "
+                   "(optuna-dashboard shows them on the study's page)", err=True)
 
 
 def _record_due_looks(handle: "StudyHandle", name: str, storage: str | None) -> None:

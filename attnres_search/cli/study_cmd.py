@@ -141,9 +141,30 @@ def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: boo
     line = summary.time_limit_line()
     if line is not None:
         click.echo(line, err=True)
+    if summary.completed and not summary.failed and summary.missing == 0:
+        publish_finished(handle, quiet=quiet)
     if summary.failed:
         raise click.ClickException(f"{summary.failed} trial(s) failed (reasons above, tracebacks in "
                                    f"{handle.logs_dir}); `attnres-search study resume {handle.name}` runs them again")
+
+
+def publish_finished(handle: "StudyHandle", *, quiet: bool) -> None:
+    """The study is complete: put its report (note) and figures on its optuna-dashboard page.
+    Best effort: every result is stored already, so a failure here is a warning (``report
+    NAME --note`` does it again)."""
+    from attnres_search.reports.dashboard import publish_study
+    from attnres_search.reports.records import load_records
+
+    try:
+        published = publish_study(handle.study, load_records(handle.study, handle.space), handle.name,
+                                  handle.space.kind)
+    except Exception as exc:  # noqa: BLE001 - the trials are safe; only the page misses its summary
+        click.echo(f"warning: could not put the report of study {handle.name} on its dashboard page: "
+                   f"{type(exc).__name__}: {exc} (`attnres-search report {handle.name} --note` retries)", err=True)
+        return
+    if not quiet:
+        click.echo(f"study {handle.name} is complete: its report and {len(published.figures)} figure(s) are on its "
+                   "page in `attnres-search dashboard`", err=True)
 
 
 @study.command(name="list")

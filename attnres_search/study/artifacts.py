@@ -3,9 +3,9 @@
 Each finished trial's ``run.json`` and figures are uploaded as Optuna artifacts to a
 file-system artifact store next to the database (``studies.db`` -> ``studies.db.artifacts/``;
 for a server database, ``runs/artifacts/`` or ``$ATTNRES_ARTIFACTS``), which ``dashboard``
-serves; a report's Markdown can be saved as the study's note. Uploading is best effort: a
-trial's result is already stored when its artifacts go up, so a failed upload is a warning,
-never a lost trial.
+serves; the report goes on the study's page through :mod:`attnres_search.reports.dashboard`.
+Uploading is best effort: a trial's result is already stored when its artifacts go up, so
+a failed upload is a warning, never a lost trial.
 """
 
 from __future__ import annotations
@@ -68,10 +68,3 @@ def upload_run_artifacts(trial: "optuna.Trial", run_dir: Path, store: Any) -> li
         except Exception as exc:  # noqa: BLE001 - never lose a completed trial over an upload
             log.warning("could not upload %s as an artifact: %s", path, exc)
     return uploaded
-
-
-def save_report_note(study: "optuna.Study", markdown: str) -> None:
-    """Show the report on the study's page in optuna-dashboard."""
-    from optuna_dashboard import save_note
-
-    save_note(study, markdown)
