@@ -123,8 +123,8 @@ def test_the_report_and_its_figures_go_on_the_study_page(url: str, serve_wsgi) -
     assert forest["layout"]["title"]["text"] == FOREST_TITLE
     ours = next(t for t in forest["data"] if t["name"].startswith("ours, equal tokens"))
     rows = [r for r in comparing_rows(report) if r.get("delta_mean") is not None]
-    assert ours["y"] == [r["variant"] for r in rows] == ["full"]
-    assert ours["x"] == pytest.approx([-0.1])  # full is 0.1 below the baseline at every seed
+    assert forest["layout"]["yaxis"]["ticktext"] == [r["variant"] for r in rows] == ["full"]
+    assert ours["y"] == [0] and ours["x"] == pytest.approx([-0.1])  # full is 0.1 below the baseline at every seed
     paper = next(t for t in forest["data"] if t["name"] == "paper Δ")
     assert paper["x"] == pytest.approx([-0.029])
 
@@ -242,3 +242,21 @@ def test_dashboard_on_a_missing_storage_is_bad_input(tmp_path: Path, monkeypatch
     code, _, err = cli(["dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}"], monkeypatch, capsys)
     assert code == 2 and err.startswith("error: no study database") and err.count("\n") == 1
     assert not (tmp_path / "none.db").exists()
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("db", [RESULTS / name / "studies.db" for name in ("cpu_ablation", "cpu_block_count",
+                                                                          "pilot_depth")],
+                         ids=lambda p: p.parent.name)
+def test_committed_results_open_with_their_note_and_figures(db: Path, tmp_path: Path, serve_wsgi) -> None:
+    """Every committed storage shows its report and figures (regenerated with `report --note`)."""
+    copy = tmp_path / "studies.db"
+    copy.write_bytes(db.read_bytes())
+    app, _ = dashboard_app(f"sqlite:///{copy}", tmp_path / "runs")
+    base = serve_wsgi(app)
+    for summary in get(f"{base}/api/studies")["study_summaries"]:
+        detail = get(f"{base}/api/studies/{summary['study_id']}")
+        assert f"study {summary['study_name']}" in detail["note"]["body"] and "\n|---" in detail["note"]["body"]
+        assert {g["id"] for g in detail["plotly_graph_objects"]} == {FOREST_ID, LOSS_ID}

@@ -56,33 +56,36 @@ def comparing_rows(report: Report) -> list[Row]:
 
 def forest_figure(report: Report, records: StudyRecords) -> "go.Figure | None":
     """Δ per comparing row with its 95% interval, at equal tokens and (where the report has
-    them) equal FLOPs and wall-clock, and the paper's Δ as a diamond; None without any Δ."""
+    them) equal FLOPs and wall-clock, and the paper's Δ as a diamond; None without any Δ.
+    Each row is one band of the y axis, its series a little apart so none hides another."""
     import plotly.graph_objects as go
 
     group_keys = list(dict.fromkeys(k for group in records.groups() for k, _ in group))
     rows = [r for r in comparing_rows(report) if is_number(r.get("delta_mean"))]
     if not rows:
         return None
-    labels = [_row_label(r, group_keys) for r in rows]
     fig = go.Figure()
-    for prefix, name, symbol in (("delta", "ours, equal tokens", "circle"), ("delta_flops", "ours, equal FLOPs", "square"),
-                                 ("delta_time", "ours, equal wall-clock", "triangle-up")):
-        points = [(label, r[f"{prefix}_mean"], r.get(f"{prefix}_ci_half")) for label, r in zip(labels, rows)
+    series = (("delta", "ours, equal tokens", "circle", 0.0), ("delta_flops", "ours, equal FLOPs", "square", 0.18),
+              ("delta_time", "ours, equal wall-clock", "triangle-up", 0.36))
+    for prefix, name, symbol, offset in series:
+        points = [(i + offset, r[f"{prefix}_mean"], r.get(f"{prefix}_ci_half")) for i, r in enumerate(rows)
                   if is_number(r.get(f"{prefix}_mean"))]
         if not points:
             continue
         fig.add_trace(go.Scatter(
             x=[float(p[1]) for p in points], y=[p[0] for p in points], mode="markers", name=f"{name} (95% CI)",
-            marker={"symbol": symbol, "size": 10 if prefix == "delta" else 8},
+            marker={"symbol": symbol, "size": 10 if offset == 0 else 8},
             error_x={"type": "data", "array": [float(p[2]) if is_number(p[2]) else 0.0 for p in points]}))
-    paper = [(label, float(r["paper_delta"])) for label, r in zip(labels, rows) if is_number(r.get("paper_delta"))]
+    paper = [(i - 0.18, float(r["paper_delta"])) for i, r in enumerate(rows) if is_number(r.get("paper_delta"))]
     if paper:
         fig.add_trace(go.Scatter(x=[p[1] for p in paper], y=[p[0] for p in paper], mode="markers", name="paper Δ",
                                  marker={"symbol": "diamond", "size": 11, "color": "crimson"}))
     fig.add_vline(x=0, line_width=1, line_color="black")
-    fig.update_layout(title={"text": FOREST_TITLE}, scattermode="group", legend={"orientation": "h", "y": -0.25},
+    fig.update_layout(title={"text": FOREST_TITLE}, legend={"orientation": "h", "y": -0.25},
                       xaxis_title="Δ validation loss vs baseline (nats/token; negative = better)",
-                      yaxis={"autorange": "reversed", "type": "category"}, height=260 + 45 * len(rows))
+                      yaxis={"autorange": "reversed", "tickvals": list(range(len(rows))),
+                             "ticktext": [_row_label(r, group_keys) for r in rows], "zeroline": False},
+                      height=260 + 45 * len(rows))
     return fig
 
 
