@@ -95,13 +95,33 @@ def test_dry_run_prints_the_batch_script_and_submits_nothing(made: tuple[Path, s
         "--export=ALL", "--requeue", "--signal=TERM@120", "--partition=gpu", "--time=4:00:00", "--account=lab",
         "--qos=high", "--mem=8G", "--cpus-per-task=3", "--exclusive"]
     srun = [line for line in script.splitlines() if line.startswith("srun ")]
-    assert srun == [f"srun --kill-on-bad-exit=1 {sys.executable} -m attnres_search worker cli --quiet"]
+    # --time 4:00:00 gives the workers a time limit a minute before the SIGTERM at 4 h - 120 s.
+    assert srun == [f"srun --kill-on-bad-exit=1 {sys.executable} -m attnres_search worker cli --quiet "
+                    "--time-limit 14220s"]
     assert "ATTNRES_SLURM_RANKS" not in script  # one process per worker
     assert 'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"' in script
     assert 'if [ "$status" -eq 143 ]; then' in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert not logs.exists(), "a dry run wrote the logs folder"
     # The script is valid bash.
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+@pytest.mark.parametrize("time, limit, expected", [
+    ("30", None, "--time-limit 1620s"),  # 30 min: a minute before the SIGTERM at 28 min
+    ("5", None, "--time-limit 150s"),  # 5 min: never below half the time
+    ("1-00:00:00", None, "--time-limit 86220s"),
+    ("2:00:00", 5400.0, "--time-limit 5400s"),  # given: passed as it is
+    (None, 90.0, "--time-limit 90s"),
+    (None, None, None),
+])
+def test_workers_get_a_time_limit_from_time_or_as_given(tmp_path: Path, time: str | None, limit: float | None,
+                                                        expected: str | None) -> None:
+    job = plan_job(fake_handle("postgresql://me@db/studies", tmp_path), SlurmOptions(time=time, time_limit_s=limit))
+    [srun] = [line for line in job.script.splitlines() if line.startswith("srun ")]
+    if expected is None:
+        assert "--time-limit" not in srun
+    else:
+        assert srun.endswith(f"worker big --quiet {expected}"), srun
 
 
 def test_slurm_arg_replaces_a_generated_directive(made: tuple[Path, str, dict[str, str]]) -> None:
@@ -148,6 +168,7 @@ def test_trials_within_a_node_share_its_gpus(tmp_path: Path) -> None:
     (SlurmOptions(nodes=2, gpus_per_node=4, devices_per_trial=6), "must be a multiple of --gpus-per-node 4"),
     (SlurmOptions(gpus_per_node=4, workers=2), "--workers is for CPU-only workers"),
     (SlurmOptions(time="four hours"), "--time 'four hours'"),
+    (SlurmOptions(time="30", time_limit_s=3600.0), "--time-limit 1h is longer than --time 30"),
 ])
 def test_impossible_layouts_are_bad_input(tmp_path: Path, options: SlurmOptions, message: str) -> None:
     with pytest.raises(BadInput, match=re.escape(message)):

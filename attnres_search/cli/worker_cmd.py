@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from attnres_search.cli.errors import BadInput
+from attnres_search.cli.options import time_limit_option
 from attnres_search.cli.study_cmd import open_handle, quiet_optuna, quiet_option, run_and_summarize, storage_option
 
 if TYPE_CHECKING:
@@ -25,27 +26,33 @@ DEVICES_HELP = "GPUs (or CPU processes) per trial; above 1 each trial runs Light
 @storage_option
 @click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Stop after this many trials here.")
 @click.option("--devices-per-trial", type=click.IntRange(min=1), default=1, show_default=True, help=DEVICES_HELP)
+@time_limit_option
 @quiet_option
-def worker(name: str, storage: str | None, n_trials: int | None, devices_per_trial: int, quiet: bool) -> None:
+def worker(name: str, storage: str | None, n_trials: int | None, devices_per_trial: int, time_limit: float | None,
+           quiet: bool) -> None:
     """Join study NAME and run its trials until the space is exhausted.
 
     Start as many as you like, on any machine that reaches the storage: each trial is
     claimed by exactly one worker, and a worker that dies has its trial retried (from its
     last checkpoint) once its heartbeat is older than the study's grace period (`study
     set`). Interrupted cells (Ctrl-C, SIGTERM, a full disk) are run again; failed runs are
-    left to `study resume`.
+    left to `study resume`. With --time-limit the worker fits its trials into an
+    allocation and the next one continues where it stopped.
     """
     quiet_optuna()
     handle = open_handle(name, storage, "write")
     from attnres_search.study.slurm_ranks import srun_ranks
 
     if srun_ranks():  # one of srun's ranks of a multi-device trial under `launch --slurm`
-        _slurm_rank(handle, n_trials=n_trials, quiet=quiet, devices_per_trial=devices_per_trial)
+        _slurm_rank(handle, n_trials=n_trials, quiet=quiet, devices_per_trial=devices_per_trial,
+                    time_limit=time_limit)
         return
-    run_and_summarize(handle, n_trials=n_trials, quiet=quiet, devices_per_trial=devices_per_trial)
+    run_and_summarize(handle, n_trials=n_trials, quiet=quiet, devices_per_trial=devices_per_trial,
+                      time_limit=time_limit)
 
 
-def _slurm_rank(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, devices_per_trial: int) -> None:
+def _slurm_rank(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, devices_per_trial: int,
+                time_limit: float | None) -> None:
     """Rank 0 is the worker (its trials posted for the others); the other ranks follow it."""
     from attnres_search.study.slurm_ranks import Board, adopt_slurm_rank, follow, leading_runner, rank
     from attnres_search.training.run import run
@@ -57,7 +64,7 @@ def _slurm_rank(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, dev
         return
     try:
         run_and_summarize(handle, n_trials=n_trials, quiet=quiet, devices_per_trial=devices_per_trial,
-                          runner=leading_runner(board, run))
+                          runner=leading_runner(board, run), time_limit=time_limit)
     finally:
         board.stop()
 
@@ -87,39 +94,42 @@ def _parse_gpus(value: str | None) -> list[str] | None:
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=None,
               help="--slurm: GPUs per node (0: CPU-only workers) [default: 0].")
 @click.option("--partition", default=None, help="--slurm: partition (sbatch --partition).")
-@click.option("--time", "time_limit", default=None, metavar="HH:MM:SS",
-              help="--slurm: time limit per array task; workers checkpoint and requeue before it.")
+@click.option("--time", "slurm_time", default=None, metavar="HH:MM:SS",
+              help="--slurm: time limit per array task; workers checkpoint and requeue before it "
+                   "(their --time-limit is derived from it unless given).")
 @click.option("--account", default=None, help="--slurm: account to charge (sbatch --account).")
 @click.option("--qos", default=None, help="--slurm: quality of service (sbatch --qos).")
 @click.option("--slurm-arg", "slurm_args", multiple=True, metavar="KEY=VALUE",
               help="--slurm: any other sbatch option, e.g. mem=64G or constraint=a100 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="--slurm: print the batch script instead of submitting it.")
+@time_limit_option
 @quiet_option
 def launch(name: str, storage: str | None, gpus: str | None, n_workers: int | None, devices_per_trial: int,
            log_dir: Path | None, slurm: bool, nodes: int | None, gpus_per_node: int | None, partition: str | None,
-           time_limit: str | None, account: str | None, qos: str | None, slurm_args: tuple[str, ...],
-           dry_run: bool, quiet: bool) -> None:
+           slurm_time: str | None, account: str | None, qos: str | None, slurm_args: tuple[str, ...],
+           dry_run: bool, time_limit: float | None, quiet: bool) -> None:
     """Start workers for study NAME on this machine and show their combined progress,
     or with --slurm submit them to Slurm as a job array.
 
     Ctrl-C stops every local worker (its running trial is failed as interrupted and
     re-queued: launching again continues it from its checkpoint); each worker's exit is
     reported at the end. Slurm workers are
-    requeued when preempted and continue their trial from its checkpoint.
+    requeued when preempted and continue their trial from its checkpoint. --time-limit
+    goes to every worker (with --slurm it defaults to a little less than --time).
     """
     import sys
 
     from attnres_search.cli.terminal import stdout_console
 
     slurm_given = {"--nodes": nodes, "--gpus-per-node": gpus_per_node, "--partition": partition,
-                   "--time": time_limit, "--account": account, "--qos": qos,
+                   "--time": slurm_time, "--account": account, "--qos": qos,
                    "--slurm-arg": slurm_args or None, "--dry-run": dry_run or None}
     if slurm:
         if gpus is not None:
             raise BadInput("--gpus is for workers on this machine; with --slurm give --gpus-per-node (Slurm picks the GPUs)")
         _launch_slurm(name, storage, n_workers=n_workers, devices_per_trial=devices_per_trial, log_dir=log_dir,
-                      nodes=nodes or 1, gpus_per_node=gpus_per_node or 0, partition=partition, time_limit=time_limit,
-                      account=account, qos=qos, slurm_args=slurm_args, dry_run=dry_run)
+                      nodes=nodes or 1, gpus_per_node=gpus_per_node or 0, partition=partition, slurm_time=slurm_time,
+                      account=account, qos=qos, slurm_args=slurm_args, dry_run=dry_run, time_limit=time_limit)
         return
     stray = [flag for flag, value in slurm_given.items() if value is not None]
     if stray:
@@ -140,22 +150,34 @@ def launch(name: str, storage: str | None, gpus: str | None, n_workers: int | No
     handle = open_handle(name, storage, "write")
     handle.enqueue_missing()  # what is left to run, queued once here rather than by each worker at once
     extra = ["--devices-per-trial", str(devices_per_trial)] if devices_per_trial > 1 else []
+    limit = None
+    if time_limit is not None:
+        from attnres_search.study.time_limit import TimeLimit
+
+        limit = TimeLimit(time_limit)
+        extra += ["--time-limit", f"{time_limit:g}s"]
     workers = start_workers(handle, gpus=groups, n_cpu=n_workers or 1, log_dir=log_dir, extra=extra)
-    sys.exit(supervise(workers, handle, console=stdout_console(), quiet=quiet))
+    rc = supervise(workers, handle, console=stdout_console(), quiet=quiet, time_limit=limit)
+    status = handle.status()
+    if limit is not None and status.remaining != 0:  # every worker's own line is in its log
+        left = f"{status.remaining} left" if status.remaining is not None else "the sampler decides what is left"
+        click.echo(f"time limit: {status.done} run(s) done, {left}; launch again to continue "
+                   "(re-queued trials continue from their checkpoints)", err=True)
+    sys.exit(rc)
 
 
 def _launch_slurm(name: str, storage: str | None, *, n_workers: int | None, devices_per_trial: int,
                   log_dir: Path | None, nodes: int, gpus_per_node: int, partition: str | None,
-                  time_limit: str | None, account: str | None, qos: str | None, slurm_args: tuple[str, ...],
-                  dry_run: bool) -> None:
+                  slurm_time: str | None, account: str | None, qos: str | None, slurm_args: tuple[str, ...],
+                  dry_run: bool, time_limit: float | None) -> None:
     """Check everything, then print the batch script (``--dry-run``) or submit it."""
     from attnres_search.cli.terminal import stdout_console
     from attnres_search.study.slurm import SlurmOptions, check_cluster, parse_slurm_args, plan_job, submit
     from attnres_search.study.storage import sqlite_path
 
     options = SlurmOptions(nodes=nodes, gpus_per_node=gpus_per_node, devices_per_trial=devices_per_trial,
-                           workers=n_workers, partition=partition, time=time_limit, account=account, qos=qos,
-                           extra=parse_slurm_args(slurm_args))
+                           workers=n_workers, partition=partition, time=slurm_time, account=account, qos=qos,
+                           extra=parse_slurm_args(slurm_args), time_limit_s=time_limit)
     handle = open_handle(name, storage, "read" if dry_run else "write")
     job = plan_job(handle, options, log_dir=log_dir)
     if dry_run:

@@ -1,5 +1,6 @@
 """Lightning callbacks a study adds to each training run: Optuna pruning against the
-global step, progress reports for the worker's display, and Ctrl-C at batch boundaries.
+global step, progress reports for the worker's display, Ctrl-C at batch boundaries, and
+the checkpoint a time-limited worker leaves at its deadline.
 
 They live apart from :mod:`attnres_search.study.objective` so that importing the study machinery
 (for ``study status`` or a report) does not import Lightning and torch.
@@ -7,10 +8,13 @@ They live apart from :mod:`attnres_search.study.objective` so that importing the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import optuna
+
+from attnres_search.study.time_limit import TimeLimit, TimeLimitReached
 
 if TYPE_CHECKING:
     from attnres_search.study.worker import WorkerInterrupts
@@ -73,3 +77,33 @@ class StopOnInterrupt(L.Callback):
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
         self.interrupts.check()
+
+
+class CheckpointAtDeadline(L.Callback):
+    """Stop the run once the worker's time limit has passed, after saving its state to
+    ``path`` (the checkpoint a retry continues from), whether or not the run checkpoints
+    periodically.
+
+    It acts where Lightning's ``ModelCheckpoint`` saves, at the end of a training batch:
+    the optimizer and scheduler steps are complete and Lightning's loop counters agree
+    with them (saved before the next batch, they count that batch as fetched and a resumed
+    run validates one step early), so the run resumes exactly; a validation due at this
+    step is run on resume (:meth:`attnres_search.training.lit_module.LitLM.on_train_start`).
+    The last step is let finish: only the closing validation would be left. It raises
+    :class:`TimeLimitReached`, which Lightning passes through after its teardown and the
+    objective turns into a re-queued trial. Single-process runs only: a multi-device
+    trial's ranks are other processes (they stop at the scheduler's SIGTERM instead)."""
+
+    def __init__(self, limit: TimeLimit, path: Path) -> None:
+        self.limit, self.path = limit, path
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step >= trainer.max_steps or not self.limit.expired():
+            return
+        saved = None
+        if step > 0:
+            trainer.save_checkpoint(self.path)
+            saved = self.path
+        raise TimeLimitReached(step, saved)

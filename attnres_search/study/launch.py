@@ -28,6 +28,7 @@ from attnres_search.errors import BadInput
 
 if TYPE_CHECKING:
     from attnres_search.study.handle import StudyHandle
+    from attnres_search.study.time_limit import TimeLimit
 
 STOP_GRACE_S = 30.0
 
@@ -135,14 +136,15 @@ def _status_table(workers: list[WorkerProcess]) -> Table:
 
 
 def supervise(workers: list[WorkerProcess], handle: "StudyHandle", *,
-              console: Console, quiet: bool = False, poll_s: float = 2.0) -> int:
+              console: Console, quiet: bool = False, poll_s: float = 2.0, time_limit: "TimeLimit | None" = None) -> int:
     """Show combined progress until every worker exits; Ctrl-C (or any error here) stops
     them all cleanly. Returns 0 when every worker finished cleanly, 130 when interrupted,
-    1 otherwise."""
+    1 otherwise. ``time_limit``: the workers' own (they stop themselves at its deadline);
+    one still running :data:`STOP_GRACE_S` after it is stopped like Ctrl-C would."""
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption stops workers like Ctrl-C
     try:
-        _watch(workers, handle, console=console, quiet=quiet, poll_s=poll_s)
+        _watch(workers, handle, console=console, quiet=quiet, poll_s=poll_s, time_limit=time_limit)
     except KeyboardInterrupt:
         interrupted = True
         console.print(f"[yellow]interrupted: stopping {len(workers)} workers (up to {STOP_GRACE_S:.0f}s)[/]")
@@ -164,8 +166,9 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _watch(workers: list[WorkerProcess], handle: "StudyHandle", *, console: Console, quiet: bool,
-           poll_s: float) -> None:
-    """Poll until every worker has exited, redrawing the progress read from the storage."""
+           poll_s: float, time_limit: "TimeLimit | None" = None) -> None:
+    """Poll until every worker has exited (or overran ``time_limit``), redrawing the
+    progress read from the storage."""
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
     task = progress.add_task(handle.name, total=None, detail="")
@@ -179,6 +182,9 @@ def _watch(workers: list[WorkerProcess], handle: "StudyHandle", *, console: Cons
     display = contextlib.nullcontext() if quiet else Live(progress, console=console, refresh_per_second=2)
     with display:
         while any(w.popen.poll() is None for w in workers):
+            if time_limit is not None and time_limit.left() < -STOP_GRACE_S:
+                console.print("[yellow]time limit: a worker overran its deadline; stopping the workers[/]")
+                break  # supervise stops them
             time.sleep(poll_s)
             refresh()
         refresh()

@@ -14,9 +14,10 @@ Each trial attempt writes its own run folder (:mod:`attnres_search.study.attempt
 continues from a copy of an earlier attempt's checkpoint. Failures that are not the run's
 fault are marked for retry (``retry_reason``) and told to the worker through
 :class:`TrialOutcome`: Ctrl-C or SIGTERM (the worker re-queues the trial and stops), a full
-disk (the same, with "disk full" in the reason and the worker's message), and a trial
-another worker failed as stale while this one still ran it (its result is kept in the
-trial's log, and the worker goes on).
+disk (the same, with "disk full" in the reason and the worker's message), the worker's
+time limit (the run checkpoints at its deadline; the worker re-queues the trial and stops,
+see :mod:`attnres_search.study.time_limit`), and a trial another worker failed as stale
+while this one still ran it (its result is kept in the trial's log, and the worker goes on).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from attnres_search.study.cells import cell_key, cell_label, cell_slug
 from attnres_search.study.slurm import current_slurm_task
 from attnres_search.study.space import Space
 from attnres_search.study.status import counts_as_done
+from attnres_search.study.time_limit import TimeLimit, TimeLimitReached
 from attnres_search.study.trial_logs import TrialLogRouter, trial_log_path, write_trial_log
 
 if TYPE_CHECKING:
@@ -152,6 +154,7 @@ class TrialOutcome:
     disk_full: str | None = None
     taken: bool = False
     result: "RunResult | None" = None
+    time_limit: TimeLimitReached | None = None  # the deadline stopped it (checkpointed when a step had finished)
 
 
 def stored_state(handle: "StudyHandle", number: int) -> "optuna.trial.TrialState":
@@ -164,13 +167,15 @@ def stored_state(handle: "StudyHandle", number: int) -> "optuna.trial.TrialState
 class TrialObjective:
     """The objective of ``handle``'s study; ``runner`` is :func:`attnres_search.training.run`
     (tests inject a fake). ``logs`` routes Optuna's records about the trial into its log
-    file. ``last`` describes the trial it ran last."""
+    file. ``time_limit``: the worker's, whose deadline checkpoints and stops a run.
+    ``last`` describes the trial it ran last."""
 
     def __init__(self, handle: "StudyHandle", runner: Runner, *, progress: StudyProgress | None = None,
                  devices_per_trial: int = 1, interrupts: "WorkerInterrupts | None" = None,
-                 logs: TrialLogRouter | None = None) -> None:
+                 logs: TrialLogRouter | None = None, time_limit: TimeLimit | None = None) -> None:
         self.handle, self.runner, self.progress = handle, runner, progress
         self.devices_per_trial, self.interrupts, self.logs = devices_per_trial, interrupts, logs
+        self.time_limit = time_limit
         self.last = TrialOutcome()
 
     def forget(self) -> None:
@@ -188,6 +193,10 @@ class TrialObjective:
             return self._run(trial, log_path)
         except KeyboardInterrupt:
             self._mark_retry(trial, "interrupted (Ctrl-C / SIGINT); re-queued")
+            raise
+        except TimeLimitReached as exc:  # Optuna fails the trial; the worker re-queues it and stops
+            self.last.time_limit = exc
+            self._mark_retry(trial, exc.retry_reason)
             raise
         except SystemExit as exc:  # RunInterrupted, or Lightning's own exit on SIGTERM
             self.last.sigterm = True
@@ -234,6 +243,11 @@ class TrialObjective:
                 waiting = self.interrupts.interruptible()
             else:
                 callbacks.append(StopOnInterrupt(self.interrupts))
+        if self.time_limit is not None and cfg.devices == 1:
+            from attnres_search.study.callbacks import CheckpointAtDeadline
+            from attnres_search.training.trainer import last_checkpoint
+
+            callbacks.append(CheckpointAtDeadline(self.time_limit, last_checkpoint(cfg)))
         try:
             with waiting:
                 result = self.runner(cfg, callbacks=callbacks, progress=False)
@@ -280,10 +294,13 @@ class TrialObjective:
                       experiment=handle.name, log_dir=cfg.log_dir or str(handle.runs_dir))
         write_trial_log(log_path, f"trial {trial.number} of study {handle.name}: {cell_label(params)} "
                                   f"on {socket.gethostname()}:{os.getpid()}, run folder {out_dir}")
-        if cfg.resume:
-            target = last_checkpoint(cfg)
-            adopt_checkpoint(cell, trial.number, target, target.relative_to(out_dir),
-                             note=lambda text: write_trial_log(log_path, text))
+        # Also without periodic checkpoints (``resume`` off): an attempt stopped by a time
+        # limit left one at its deadline, and a retry continues from it.
+        target = last_checkpoint(cfg)
+        adopted = adopt_checkpoint(cell, trial.number, target, target.relative_to(out_dir),
+                                   note=lambda text: write_trial_log(log_path, text))
+        if adopted is not None and not cfg.resume:
+            cfg = replace(cfg, resume=True)
         return cfg
 
     def _taken(self, trial: "optuna.Trial", log_path: Any, result: "RunResult") -> None:
@@ -329,10 +346,10 @@ def _best_effort(setter: Callable[..., Any], *args: Any) -> None:
 
 def make_objective(handle: "StudyHandle", runner: Runner, *, progress: StudyProgress | None = None,
                    devices_per_trial: int = 1, interrupts: "WorkerInterrupts | None" = None,
-                   logs: TrialLogRouter | None = None) -> TrialObjective:
+                   logs: TrialLogRouter | None = None, time_limit: TimeLimit | None = None) -> TrialObjective:
     """The objective of ``handle``'s study (see :class:`TrialObjective`)."""
     return TrialObjective(handle, runner, progress=progress, devices_per_trial=devices_per_trial,
-                          interrupts=interrupts, logs=logs)
+                          interrupts=interrupts, logs=logs, time_limit=time_limit)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -17,6 +17,11 @@ run folder being keyed by the cell). The batch script sees 143 and requeues its 
 (``scontrol requeue``; the job is submitted with ``--requeue``), which comes back as a
 fresh worker.
 
+Time limits: each worker gets ``--time-limit``, given to ``launch`` or derived from
+``--time`` (:func:`worker_time_limit_s`: a minute before the SIGTERM the scheduler sends
+``SIGNAL_GRACE_S`` ahead of the end). It then claims only trials that fit, checkpoints and
+re-queues the one running at its deadline, and exits 0; the next job continues the study.
+
 Layout: ``--nodes`` nodes with ``--gpus-per-node`` GPUs each. A trial of K devices with
 K <= G runs on one node, one array task per trial, giving nodes x (G // K) workers; with K > G a trial spans K / G nodes
 and there are nodes / (K / G) workers. Either way ``srun`` starts one process per device
@@ -70,6 +75,7 @@ class SlurmOptions:
     account: str | None = None
     qos: str | None = None
     extra: tuple[tuple[str, str | None], ...] = ()  # --slurm-arg KEY=VALUE (KEY alone: a flag)
+    time_limit_s: float | None = None  # the workers' --time-limit [default: derived from ``time``]
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,25 @@ def parse_slurm_args(values: tuple[str, ...]) -> tuple[tuple[str, str | None], .
     return tuple(pairs)
 
 
+def slurm_time_s(text: str) -> float:
+    """Seconds of a Slurm ``--time``: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M`` or ``D-H:M:S``."""
+    days, _, clock = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # after a day count the first field is hours
+        seconds = sum(p * 60 ** (2 - i) for i, p in enumerate(parts))
+    else:
+        seconds = {1: lambda: parts[0] * 60, 2: lambda: parts[0] * 60 + parts[1],
+                   3: lambda: parts[0] * 3600 + parts[1] * 60 + parts[2]}[len(parts)]()
+    return float(int(days or 0) * 86400 + seconds)
+
+
+def worker_time_limit_s(slurm_time: str) -> float:
+    """The workers' time limit for an array task of Slurm ``--time``: stop a minute before
+    the SIGTERM sent ``SIGNAL_GRACE_S`` ahead of the end, but never below half the time."""
+    total = slurm_time_s(slurm_time)
+    return max(total / 2, total - SIGNAL_GRACE_S - 60)
+
+
 def plan_job(handle: "StudyHandle", options: SlurmOptions, *, log_dir: Path | None = None,
              workdir: Path | None = None) -> SlurmJob:
     """Validate ``options`` for ``handle``'s study and write the batch script. Raises
@@ -120,6 +145,11 @@ def plan_job(handle: "StudyHandle", options: SlurmOptions, *, log_dir: Path | No
                        "(SQLite is unsafe on network file systems)")
     if o.time is not None and not _TIME.fullmatch(o.time):
         raise BadInput(f"--time {o.time!r}: use Slurm's format, e.g. 30, 4:00:00 or 2-12:00:00")
+    if o.time is not None and o.time_limit_s is not None and o.time_limit_s > slurm_time_s(o.time):
+        from attnres_search.units import format_duration
+
+        raise BadInput(f"--time-limit {format_duration(o.time_limit_s)} is longer than --time {o.time}: the "
+                       "scheduler would stop the workers first")
     for name, value in (("--partition", o.partition), ("--account", o.account), ("--qos", o.qos)):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9._,-]+", value):
             raise BadInput(f"{name} {value!r}: not a Slurm name")
@@ -182,6 +212,9 @@ def batch_script(job: SlurmJob, o: SlurmOptions, workdir: Path) -> str:
     worker = [sys.executable, "-m", "attnres_search", "worker", job.study, "--quiet"]
     if k > 1:
         worker += ["--devices-per-trial", str(k)]
+    limit = o.time_limit_s if o.time_limit_s is not None else (worker_time_limit_s(o.time) if o.time else None)
+    if limit is not None:
+        worker += ["--time-limit", f"{limit:g}s"]
     srun = ["srun", "--kill-on-bad-exit=1"]
     lines = [
         "#!/bin/bash",

@@ -16,6 +16,10 @@ SIGTERM is failed with its reason and re-queued at once (Optuna's public retry c
 which links the retry to it), so the next worker continues it from its checkpoint. A full
 disk does the same and stops the worker with a "disk full" :class:`DiskFull`. A trial
 another worker failed as stale while it ran here is let go: its result stays in its log.
+
+With a time limit (:mod:`attnres_search.study.time_limit`) the worker claims a trial only
+when it is expected to finish in time, and at the deadline checkpoints the running trial,
+re-queues it and stops; the summary then says what is left (``stop_line``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from attnres_search.study.heartbeats import fail_stale_trials
 from attnres_search.study.objective import (DiskFull, Runner, StudyProgress, TrialObjective, disk_full_reason,
                                             make_objective, stored_state, taken_note)
 from attnres_search.study.status import NO_REASON, FailedTrial, trial_params
+from attnres_search.study.time_limit import TimeLimit, TimeLimitReached, claim_estimate, may_claim, stop_line
 from attnres_search.study.trial_logs import TrialLogRouter, route_optuna_logs, trial_log_path, write_trial_log
 
 __all__ = ["DiskFull", "WorkerInterrupts", "WorkerSummary", "run_worker"]
@@ -55,11 +60,22 @@ class WorkerSummary:
     interrupted: int = 0  # stopped by Ctrl-C / SIGTERM / a full disk, and re-queued
     taken: int = 0  # failed as stale by another worker while running here (result in the trial's log)
     missing: int = 0  # grid cells x seeds with no finished trial when the worker stopped
+    time_limited: bool = False  # stopped by its time limit with work left
+    requeued: TimeLimitReached | None = None  # the trial its deadline stopped and re-queued
+    next_estimate_s: float | None = None  # the claim refused for lack of time: its expected duration
+    left_s: float | None = None  # ... and the seconds that were left
+
+    def time_limit_line(self) -> str | None:
+        """The one line a worker stopped by its time limit reports (None otherwise)."""
+        if not self.time_limited:
+            return None
+        return stop_line(finished=self.completed + self.pruned + self.failed, requeued=self.requeued,
+                         left=self.missing, estimate_s=self.next_estimate_s, left_s=self.left_s)
 
 
 def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: StudyProgress | None = None,
                runner: Runner | None = None, requeue_failed: bool = False, poll_s: float = 2.0,
-               devices_per_trial: int = 1) -> WorkerSummary:
+               devices_per_trial: int = 1, time_limit: TimeLimit | None = None) -> WorkerSummary:
     """Run trials of the study until its space is exhausted (or ``n_trials`` ran here).
 
     ``devices_per_trial > 1`` runs each trial with Lightning DDP on that many devices; this
@@ -69,6 +85,8 @@ def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: 
     the cells whose runs failed. ``runner`` defaults to :func:`attnres_search.training.run`;
     tests inject a fake. Ctrl-C stops at the next safe point and raises ``KeyboardInterrupt``
     afterwards; SIGTERM raises ``SystemExit(143)``; a full disk raises :class:`DiskFull`.
+    ``time_limit``: claim only trials that fit, checkpoint and re-queue the running one at
+    the deadline, and return (``summary.time_limited`` when work is left).
     """
     if runner is None:
         from attnres_search.training.run import run as runner
@@ -76,8 +94,9 @@ def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: 
     handle.enqueue_missing(include_failed=requeue_failed)
     with WorkerInterrupts() as interrupts, route_optuna_logs() as logs:
         objective = make_objective(handle, runner, progress=progress, devices_per_trial=devices_per_trial,
-                                   interrupts=interrupts, logs=logs)
-        summary = _work(handle, objective, interrupts, logs, n_trials=n_trials, progress=progress, poll_s=poll_s)
+                                   interrupts=interrupts, logs=logs, time_limit=time_limit)
+        summary = _work(handle, objective, interrupts, logs, n_trials=n_trials, progress=progress, poll_s=poll_s,
+                        time_limit=time_limit)
     if interrupts.requested:
         raise KeyboardInterrupt
     return summary
@@ -85,7 +104,7 @@ def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: 
 
 def _work(handle: "StudyHandle", objective: TrialObjective, interrupts: "WorkerInterrupts",
           logs: TrialLogRouter, *, n_trials: int | None, progress: StudyProgress | None,
-          poll_s: float) -> WorkerSummary:
+          poll_s: float, time_limit: TimeLimit | None = None) -> WorkerSummary:
     """The worker loop proper: claim a trial, run it, until nothing is left or Ctrl-C."""
     space, study = handle.space, handle.study
     summary = WorkerSummary()
@@ -99,11 +118,16 @@ def _work(handle: "StudyHandle", objective: TrialObjective, interrupts: "WorkerI
                     break
             elif status.remaining == 0 or status.running == 0:
                 break  # all done, or what is left failed (`study resume` re-queues that)
+            elif time_limit is not None and time_limit.expired():
+                summary.time_limited = True  # other workers' trials: theirs to finish or re-queue
+                break
             else:  # other workers' trials: they finish, or go stale and come back as WAITING
                 if progress is not None:
                     progress.waiting(status.running)
                 time.sleep(poll_s)
                 continue
+        if time_limit is not None and not _claim_fits(handle, time_limit, summary):
+            break
         objective.forget()  # `last` must describe this iteration's trial, or none
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,),
@@ -128,6 +152,10 @@ def _work(handle: "StudyHandle", objective: TrialObjective, interrupts: "WorkerI
         finally:
             logs.end_trial()
         last = objective.last
+        if last.time_limit is not None:
+            _requeue(handle, last.number)
+            summary.time_limited, summary.requeued = True, last.time_limit
+            break
         if last.sigterm:
             _requeue(handle, last.number)
             raise SystemExit(143)
@@ -137,6 +165,21 @@ def _work(handle: "StudyHandle", objective: TrialObjective, interrupts: "WorkerI
                            f"the runs in {handle.runs_dir} (and the storage), then start the worker again")
     summary.missing = handle.status().remaining or 0
     return summary
+
+
+def _claim_fits(handle: "StudyHandle", time_limit: TimeLimit, summary: WorkerSummary) -> bool:
+    """Whether the next trial is expected to finish before the deadline (see
+    :func:`attnres_search.study.time_limit.may_claim`); if not, the summary says why."""
+    from optuna.trial import TrialState
+
+    trials = handle.trials()
+    waiting = [str(trial_params(t).get("variant")) for t in trials if t.state == TrialState.WAITING]
+    estimate = claim_estimate((t for t in trials if t.state == TrialState.COMPLETE), waiting)
+    left = time_limit.left()
+    if may_claim(estimate, left, time_limit.seconds):
+        return True
+    summary.time_limited, summary.next_estimate_s, summary.left_s = True, estimate, left
+    return False
 
 
 def _requeue(handle: "StudyHandle", number: int | None) -> None:
