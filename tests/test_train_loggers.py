@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from attnres_search.cli.train_cmd import train
 from attnres_search.errors import BadInput
-from attnres_search.training.config import RunConfig
+from attnres_search.training.config import RunConfig, RunResult
 from attnres_search.training.loggers import check_loggers
 from tests.cli_runner import cli
 
@@ -205,3 +205,20 @@ def test_logger_fields_do_not_change_what_a_run_resumes_from() -> None:
     plain = RunConfig().to_dict()
     logged = RunConfig(logger=["csv"], run_name="x", experiment="y", log_dir="/tmp/z").to_dict()
     assert fingerprint("s", plain, RESUME_FREE_FIELDS) == fingerprint("s", logged, RESUME_FREE_FIELDS)
+
+
+def test_summary_mfu_where_the_peak_is_known() -> None:
+    mfu_table = pytest.importorskip("attnres_search.training.mfu", reason="no MFU table in this build")
+    from attnres_search.training.loggers import summary_metrics
+
+    def result(device: str, **config: Any) -> RunResult:
+        return RunResult(config={"devices": 2, **config}, params_total=1, params_non_embedding=1,
+                         flops_per_token=6e9, flops_total=1.0, tokens=1, steps=1, tokens_per_s=5e4, wall_time_s=1.0,
+                         final_val_loss=2.0, best_val_loss=2.0, device_name=device)
+
+    peak = mfu_table.table_peak("NVIDIA H200")
+    assert peak is not None
+    on_gpu = summary_metrics(result("NVIDIA H200"))["summary/mfu"]
+    assert on_gpu == pytest.approx(6e9 * 5e4 / (peak.tflops * 1e12 * 2))
+    assert "summary/mfu" not in summary_metrics(result("cpu"))  # a CPU has no datasheet peak
+    assert summary_metrics(result("cpu", peak_tflops=1.0))["summary/mfu"] == pytest.approx(6e9 * 5e4 / 2e12)

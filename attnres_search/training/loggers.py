@@ -10,12 +10,11 @@ the study), and it carries
 - the loss curves: ``train_loss`` and ``val_loss`` against the global step (what
   :class:`~attnres_search.training.lit_module.LitLM` logs);
 - throughput: Lightning's :class:`~lightning.pytorch.callbacks.ThroughputMonitor` logs
-  tokens/s (``train/device/items_per_sec``) and, on devices Lightning knows the peak FLOP/s
-  of, MFU (``train/device/mfu``) from the model's counted training FLOPs per batch;
+  tokens/s (``train/device/items_per_sec``) over a sliding window;
 - the diagnostics: per-sublayer output RMS and gradient norm at every snapshot
   (``diagnostics/output_rms/attn1``, ...) and the head's depth-mixing weights per source;
 - a summary at the end: final and best validation loss, bits per byte, tokens/s over the
-  whole run, FLOPs, parameters, wall time (and MFU when the run measured it).
+  whole run, FLOPs, parameters, wall time, and MFU where the device's peak is known.
 
 Everything is written under ``log_dir`` (default: ``<out_dir>/logs``, else
 ``./lightning_logs``): ``tensorboard/<run>/``, ``csv/<run>/metrics.csv``, ``wandb/`` and
@@ -172,7 +171,9 @@ def flat_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def throughput_monitor(cfg: "RunConfig", steps: int) -> L.Callback:
     """Lightning's ThroughputMonitor, counting tokens per batch; its window spans a fifth of
-    the run (2 to 100 batches) so short runs still report a rate."""
+    the run (2 to 100 batches) so short runs still report a rate. It is given no FLOPs per
+    batch: its MFU would divide by Lightning's peak table, which mixes dense and sparse
+    figures; the summary's MFU uses ours (:func:`model_flops_utilization`)."""
     from lightning.pytorch.callbacks import ThroughputMonitor
 
     return ThroughputMonitor(batch_size_fn=lambda batch: int(batch[0].shape[0]),
@@ -181,22 +182,15 @@ def throughput_monitor(cfg: "RunConfig", steps: int) -> L.Callback:
 
 
 class RunLogging(L.Callback):
-    """Sends the hyperparameters, the training FLOPs per batch (for MFU) and every
-    diagnostics snapshot to the trainer's loggers. The loss curves reach them through the
-    module's own ``self.log`` calls."""
+    """Sends the hyperparameters and every diagnostics snapshot to the trainer's loggers.
+    The loss curves reach them through the module's own ``self.log`` calls, throughput
+    through :func:`throughput_monitor`, MFU with the summary (:func:`finish_loggers`)."""
 
     def __init__(self, cfg: "RunConfig", params: Mapping[str, Any], diagnostics: Any) -> None:
         self.cfg = cfg
         self.params = dict(params)
         self.diagnostics = diagnostics
         self._sent = 0
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from attnres_search.model.flops import flops_per_token
-
-        # ThroughputMonitor reads this attribute: FLOPs of one batch on one device.
-        pl_module.flops_per_batch = int(flops_per_token(self.cfg.model)["train"] * self.cfg.batch_size
-                                        * self.cfg.model.seq_len)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sent = len(self.diagnostics.snapshots)  # a resumed run's older snapshots were sent before
@@ -242,8 +236,8 @@ def diagnostics_metrics(snapshot: Mapping[str, Any], layer_names: list[str]) -> 
 
 
 def summary_metrics(result: "RunResult") -> dict[str, float]:
-    """What a finished run measured, as scalars (NaN and missing values left out). MFU is
-    included when the result carries one (``result.mfu``)."""
+    """What a finished run measured, as scalars (NaN and missing values left out; MFU only
+    where the device's peak is known, see :func:`model_flops_utilization`)."""
     values: dict[str, Any] = {
         "final_val_loss": result.final_val_loss,
         "best_val_loss": result.best_val_loss,
@@ -254,10 +248,29 @@ def summary_metrics(result: "RunResult") -> dict[str, float]:
         "flops_per_token": result.flops_per_token,
         "params_total": result.params_total,
         "wall_time_s": result.wall_time_s,
-        "mfu": getattr(result, "mfu", None),  # set where the run knows the device's peak FLOP/s
+        "mfu": model_flops_utilization(result),
     }
     return {f"summary/{k}": float(v) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def model_flops_utilization(result: "RunResult") -> float | None:
+    """The run's MFU where its device's peak is known: the result's own ``mfu`` when it
+    carries one, else :mod:`attnres_search.training.mfu`'s dense-bf16 table (CUDA devices it
+    lists, or a ``peak_tflops`` in the config); None on a CPU without a given peak. The
+    table, not Lightning's, because Lightning's mixes dense and sparse peaks."""
+    own = getattr(result, "mfu", None)
+    if own is not None:
+        return float(own)
+    try:
+        from attnres_search.training import mfu as mfu_table
+    except ImportError:  # a build without the MFU table: no MFU
+        return None
+    device = "cpu" if result.device_name == "cpu" else "cuda"
+    peak = mfu_table.device_peak(device, result.device_name, result.config.get("peak_tflops"))
+    if peak is None or result.tokens_per_s <= 0:
+        return None
+    return mfu_table.mfu(result.flops_per_token, result.tokens_per_s, peak, int(result.config.get("devices") or 1))
 
 
 def finish_loggers(loggers: Iterable["Logger"], result: "RunResult | None", status: str = "success") -> None:

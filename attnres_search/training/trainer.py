@@ -116,6 +116,7 @@ def quiet_lightning() -> Iterator[None]:
         warnings.simplefilter("ignore", PossibleUserWarning)
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
+        warnings.filterwarnings("ignore", message=r".*`ThroughputMonitor`.*`flops_per_batch`.*")  # see training/loggers.py
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # torch 2.13 vs Lightning 2.6
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
