@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,22 +176,6 @@ def _start_dashboard(url: str, *flags: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def dashboard_process() -> Iterator[Any]:
-    """``start(url, *flags)`` -> base URL of an `attnres-search dashboard` process, stopped at the end."""
-    procs: list[subprocess.Popen] = []
-
-    def start(url: str, *flags: str) -> str:
-        proc, base = _start_dashboard(url, *flags)
-        procs.append(proc)
-        return base
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def _settled_bytes(db: Path) -> bytes:
     """The database's bytes once every committed write is in the file itself: a checkpoint
     moves what the write-ahead log holds into it, so two snapshots differ only if a write
@@ -204,7 +187,7 @@ def _settled_bytes(db: Path) -> bytes:
     return db.read_bytes()
 
 
-def test_dashboard_is_read_only_unless_writable(url: str, tmp_path: Path, dashboard_process) -> None:
+def test_dashboard_is_read_only_unless_writable(url: str, tmp_path: Path, serve_wsgi, monkeypatch, capsys) -> None:
     db = tmp_path / "studies.db"
     before = _settled_bytes(db)
     proc, base = _start_dashboard(url)
@@ -221,21 +204,17 @@ def test_dashboard_is_read_only_unless_writable(url: str, tmp_path: Path, dashbo
         proc.wait(timeout=10)
     assert _settled_bytes(db) == before
 
-    writable = dashboard_process(url, "--writable")
-    status, _ = request(f"{writable}/api/studies/{study_id(writable, 'dash')}", "DELETE")
+    # --writable, through the same command in this process (its server on a thread)
+    from attnres_search.study import dashboard_app as dashboard_module
+
+    served: list[str] = []
+    monkeypatch.setattr(dashboard_module, "serve", lambda app, host, port: served.append(serve_wsgi(app)))
+    code, _, err = cli(["dashboard", "--storage", url, "--writable"], monkeypatch, capsys)
+    assert code == 0 and "writable" in err, err
+    status, _ = request(f"{served[0]}/api/studies/{study_id(served[0], 'dash')}", "DELETE")
     assert status == 204
-    assert get(f"{writable}/api/studies")["study_summaries"] == []
+    assert get(f"{served[0]}/api/studies")["study_summaries"] == []
     assert optuna.get_all_study_names(storage=url) == []
-
-
-def test_read_only_app_lets_reads_through_and_refuses_writes(url: str, tmp_path: Path, serve_wsgi) -> None:
-    app, store = dashboard_app(url, tmp_path / "runs")
-    base = serve_wsgi(app)
-    sid = study_id(base, "dash")
-    assert get(f"{base}/api/studies/{sid}")["name"] == "dash" and store is not None  # the fixture made one
-    assert request(f"{base}/api/studies/{sid}", "DELETE")[0] == 403
-    app, _ = dashboard_app(url, tmp_path / "runs", writable=True)
-    assert request(f"{serve_wsgi(app)}/api/studies/{sid}", "DELETE")[0] == 204
 
 
 def test_dashboard_on_a_missing_storage_is_bad_input(tmp_path: Path, monkeypatch, capsys) -> None:
