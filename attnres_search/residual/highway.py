@@ -112,7 +112,7 @@ class HighwaySpec(RuleSpec):
         return n_sublayers * (d_model + 1)  # w_l and b_l
 
     def source_plan(self, cfg: HighwayConfig, n_sublayers: int) -> SourcePlan:
-        sources = tuple(("v0",) if i == 0 else (f"(1-g{i})·h{i - 1} + g{i}·f{i}",) for i in range(n_sublayers + 1))
+        sources = tuple(("h0 = v0",) if i == 0 else (f"(1-g{i})·h{i - 1} + g{i}·f{i}",) for i in range(n_sublayers + 1))
         return SourcePlan(sources, (None,) * (n_sublayers + 1))
 
     def label(self, cfg: HighwayConfig, n_sublayers: int | None) -> str:
