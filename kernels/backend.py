@@ -1,7 +1,8 @@
 """The one rule that picks the Triton kernels or the PyTorch reference for a call.
 
 Backends: ``auto`` (default) runs a kernel for CUDA tensors whenever it can take the call
-(:mod:`.runtime` says why not) and the reference otherwise; ``triton`` insists on the kernel
+(:mod:`.runtime` says why not) and the reference otherwise (or, with :data:`AUTO_ON_CUDA`
+set to ``"reference"``, the PyTorch path on CUDA too); ``triton`` insists on the kernel
 and raises with the reason when it cannot run (CPU tensors need ``TRITON_INTERPRET=1`` set
 before the kernels are imported); ``reference`` always takes the PyTorch path. Choose with
 the environment variable ``ATTNRES_KERNEL`` or, taking precedence, :func:`set_backend` /
@@ -23,6 +24,14 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 ENV_VAR = "ATTNRES_KERNEL"
 
 _override: Backend | None = None
+
+AUTO_ON_CUDA: Literal["triton", "reference"] = "triton"
+"""What ``auto`` trains CUDA tensors with: ``"triton"``, the fused one-shot kernel for each
+layer's depth-attention; ``"reference"``, the PyTorch path, where learned-query AttnRes
+runs the block cache (two-phase schedule over one buffer, :mod:`.block_cache`) and the
+other variants the reference. ``bench step --path fused --path block-cache`` measures
+both side by side (``make gpu-check``); the faster exact one belongs here. Compiled
+training (``compile: reduce-overhead``) traces whichever this picks outside the block cache."""
 
 
 def _validate(backend: str, where: str) -> Backend:
@@ -58,10 +67,11 @@ def use_backend(backend: Backend) -> Iterator[None]:
 
 def reference_only(device: torch.device, backend: Backend | None = None) -> bool:
     """Whether every call on ``device`` takes the PyTorch path under ``backend`` (default: the
-    one in force): ``reference``, or ``auto`` off CUDA. Callers may then pick PyTorch-only
-    schedules such as :mod:`.block_cache` without asking each kernel."""
+    one in force): ``reference``, or ``auto`` off CUDA (on CUDA too when :data:`AUTO_ON_CUDA`
+    says so). Callers may then pick PyTorch-only schedules such as :mod:`.block_cache`
+    without asking each kernel."""
     backend = get_backend() if backend is None else backend
-    return backend == "reference" or (backend == "auto" and device.type != "cuda")
+    return backend == "reference" or (backend == "auto" and (device.type != "cuda" or AUTO_ON_CUDA == "reference"))
 
 
 def kernel_chosen(device: torch.device, unsupported_reason: Callable[[], str | None], what: str) -> bool:

@@ -18,13 +18,17 @@ def test_bench_step_json_rows_and_ratios(monkeypatch: pytest.MonkeyPatch, capsys
     code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--json"], monkeypatch, capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"device", "shape", "warmup", "repeats", "rows", "loops", "compile_mode"}
+    assert set(result) == {"device", "shape", "warmup", "repeats", "rows", "loops", "compile_mode", "paths",
+                           "peak_tflops", "peak_source"}
     assert result["loops"] is None and result["shape"]["width"] == 16 and result["compile_mode"] is None
+    assert result["paths"] is None and result["peak_tflops"] is None  # a CPU has no peak unless given
     rows = {(r["preset"], r["compile"]): r for r in result["rows"]}
     assert set(rows) == {("baseline", False), ("block-s4", False), ("full", False), ("mhc", False)}
     base = rows["baseline", False]["ms"]
     for r in rows.values():
-        assert set(r) == {"preset", "compile", "ms", "vs_baseline", "vs_eager_baseline", "vs_baseline_rounds"}
+        assert set(r) == {"preset", "path", "compile", "ms", "vs_baseline", "vs_eager_baseline", "vs_baseline_rounds",
+                          "tflops", "mfu"}
+        assert r["path"] is None and r["mfu"] is None and r["tflops"] > 0
         p25, median, p75 = r["vs_baseline_rounds"]
         assert p25 <= median <= p75
         assert r["ms"] > 0 and r["vs_baseline"] == pytest.approx(r["ms"] / base)
@@ -176,3 +180,85 @@ def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, mode: 
     assert any(c[:2] == ["-m", "pytest"] for c in calls)
     assert steps == ["env", "kernel_tests", "bench_kernels", "bench_step_eager_kernels", "bench_step_eager_block_cache",
                      "bench_step_compiled_cudagraphs"]
+
+
+def test_bench_step_times_the_training_paths_side_by_side(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """``--path fused`` trains AttnRes through the fused kernel and ``--path block-cache``
+    through the block cache, whatever backend is in force; each row is compared with the
+    baseline on its own path."""
+    from attnres_search.kernels import block_cache, fused
+
+    calls = {"fused": 0, "cache": 0}
+    real_fused, real_open = fused.fused_depth_attention, block_cache.BlockCache.open_block
+
+    def counted_fused(*args: object, **kwargs: object) -> object:
+        calls["fused"] += 1
+        return real_fused(*args, **kwargs)
+
+    def counted_open(self: object, *args: object, **kwargs: object) -> object:
+        calls["cache"] += 1
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "fused_depth_attention", counted_fused)
+    monkeypatch.setattr(block_cache.BlockCache, "open_block", counted_open)
+    seen = {}
+    for path in ("block-cache", "fused"):  # the fused kernel runs in Triton's interpreter here (conftest)
+        calls.update(fused=0, cache=0)
+        code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--json", "--path", path], monkeypatch, capsys)
+        assert code == 0, err
+        seen[path] = dict(calls)
+        result = json.loads(out)
+        assert result["paths"] == [path]
+        rows = {(r["preset"], r["path"]): r for r in result["rows"]}
+        assert set(rows) == {(p, path) for p in ("baseline", "block-s4", "full", "mhc")}
+        for r in rows.values():
+            assert r["vs_baseline"] == pytest.approx(r["ms"] / rows["baseline", path]["ms"]) and not r["compile"]
+    assert seen["block-cache"]["cache"] > 0 and seen["block-cache"]["fused"] == 0
+    assert seen["fused"]["fused"] > 0 and seen["fused"]["cache"] == 0
+
+
+def test_bench_step_cudagraphs_path_compiles_with_cuda_graphs(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    modes: list[str | None] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: modes.append(k.get("mode")))
+    code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--json", "--path", "cudagraphs", "--path",
+                          "block-cache"], monkeypatch, capsys)
+    assert code == 0, err
+    assert modes == ["reduce-overhead"] * 4
+    rows = {(r["preset"], r["path"]): r for r in json.loads(out)["rows"]}
+    assert rows["full", "cudagraphs"]["compile"] and not rows["full", "block-cache"]["compile"]
+    assert rows["full", "cudagraphs"]["vs_baseline"] == pytest.approx(
+        rows["full", "cudagraphs"]["ms"] / rows["baseline", "cudagraphs"]["ms"])
+    # The eager baseline of the block-cache path is what "vs eager baseline" divides by.
+    assert rows["full", "cudagraphs"]["vs_eager_baseline"] == pytest.approx(
+        rows["full", "cudagraphs"]["ms"] / rows["baseline", "block-cache"]["ms"])
+
+
+def test_bench_step_fused_path_needs_a_kernel_runtime(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA runs the kernel")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--path", "fused"], monkeypatch, capsys)
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        "error: --path fused runs the Triton kernel: it needs CUDA (or TRITON_INTERPRET=1 on a CPU)"]
+    code, _, err = cli(["bench", "step", *TINY, "--no-loops", "--path", "block-cache", "--compile"], monkeypatch, capsys)
+    assert code == 2 and "--path or --compile" in err
+
+
+def test_auto_trains_cuda_tensors_on_the_path_one_constant_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AUTO_ON_CUDA`` switches what ``auto`` does with CUDA tensors (the fused kernel or the
+    PyTorch path with its block cache); CPU tensors and explicit backends do not move."""
+    from attnres_search.kernels import backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert backend.AUTO_ON_CUDA == "triton"
+    assert not backend.reference_only(cuda, "auto") and backend.reference_only(cpu, "auto")
+    with backend.use_backend("auto"):
+        assert backend.kernel_chosen(cuda, lambda: None, "the fused kernel")
+    monkeypatch.setattr(backend, "AUTO_ON_CUDA", "reference")
+    assert backend.reference_only(cuda, "auto") and backend.reference_only(cpu, "auto")
+    assert not backend.reference_only(cuda, "triton") and backend.reference_only(cuda, "reference")
+    with backend.use_backend("auto"):
+        assert not backend.kernel_chosen(cuda, lambda: None, "the fused kernel")

@@ -16,8 +16,10 @@ from attnres_search.training.config import COMPILE_MODES, LOGGERS
 from attnres_search.units import format_count as _si
 
 
-def _summary_table(result: Any) -> Any:
+def _summary_table(result: Any, peak_tflops: float | None = None) -> Any:
     from rich.table import Table
+
+    from attnres_search.training.mfu import achieved_tflops, mfu_text, run_mfu
 
     table = Table(title="training run", show_header=False)
     table.add_column(style="bold")
@@ -28,6 +30,7 @@ def _summary_table(result: Any) -> Any:
         ("FLOPs total", _si(result.flops_total)),
         ("tokens / steps", f"{_si(result.tokens)} / {result.steps}"),
         ("tokens / s", _si(result.tokens_per_s)),
+        ("training TFLOP/s", f"{achieved_tflops(result.flops_per_token, result.tokens_per_s):.3g}"),
         ("final val loss", f"{result.final_val_loss:.4f}"),
         ("best val loss", f"{result.best_val_loss:.4f}"),
         ("final val bits/byte", f"{result.final_val_bpb:.4f}" if result.final_val_bpb is not None else "n/a (not byte-level)"),
@@ -35,6 +38,10 @@ def _summary_table(result: Any) -> Any:
         ("device", result.device_name),
         ("data hash", (result.data_hash or "")[:16]),
     ]
+    peak, value = run_mfu(result.flops_per_token, result.tokens_per_s, result.device_name,
+                          int(result.config.get("devices") or 1), peak_tflops)
+    if value is not None:  # a CPU has no datasheet peak: only with --peak-tflops
+        rows.insert(rows.index(next(r for r in rows if r[0] == "training TFLOP/s")) + 1, ("MFU", mfu_text(value, peak)))
     if result.resumed_from_step is not None:
         rows.append(("resumed from step", str(result.resumed_from_step)))
     if result.config.get("out_dir"):
@@ -82,10 +89,14 @@ def _summary_table(result: Any) -> Any:
                    "WANDB_MODE=online), mlflow (a local store unless MLFLOW_TRACKING_URI is set).")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where the loggers write [default: OUT/logs, else ./lightning_logs].")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Device peak in TFLOP/s for the MFU [default on CUDA: the dense bf16 figure of a known GPU; "
+                   "on CPU no MFU unless given].")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
 def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int | None,
-          tokens: int, steps: int | None, as_json: bool, quiet: bool, **run_fields: Any) -> None:
+          tokens: int, steps: int | None, peak_tflops: float | None, as_json: bool, quiet: bool,
+          **run_fields: Any) -> None:
     """Train one model and report loss, compute and throughput."""
     from attnres_search.model.config import ModelConfig, preset as get_preset
     from attnres_search.training.config import RunConfig
@@ -116,9 +127,15 @@ def train(preset: str, n_layers: int, d_model: int, n_heads: int, seq_len: int, 
         error(f"{exc}{written}{resume}")
         raise SystemExit(exc.code) from None
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        from attnres_search.training.mfu import achieved_tflops, run_mfu
+
+        peak, value = run_mfu(result.flops_per_token, result.tokens_per_s, result.device_name, cfg.devices,
+                              peak_tflops)
+        click.echo(json.dumps({**result.to_dict(), "tflops": achieved_tflops(result.flops_per_token, result.tokens_per_s),
+                               "mfu": value, "peak_tflops": peak.tflops if peak is not None else None,
+                               "peak_source": peak.source if peak is not None else None}))
     elif not quiet:
-        stdout_console().print(_summary_table(result))
+        stdout_console().print(_summary_table(result, peak_tflops))
 
 
 @click.command()
