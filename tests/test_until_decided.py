@@ -183,3 +183,36 @@ def test_a_study_without_a_design_is_reported_as_fixed_n(tmp_path: Path, monkeyp
     rows = {r["variant"]: r for r in report["tables"]["variants"]}
     assert all(r["role"] in ("primary", "baseline") for r in rows.values())
     assert rows["full-sigmoid"]["p_adjusted"] is not None, "without a design every comparison is in the family"
+
+
+def test_out_of_time_stops_at_the_current_look_and_a_rerun_continues_it(seq_study: str, monkeypatch) -> None:
+    """A time-limited loop returns with the look's runs left (nothing extended, nothing lost);
+    the next loop finishes that look and goes on."""
+    from attnres_search.study.handle import open_study
+    from attnres_search.study.storage import open_storage
+    from attnres_search.study.until_decided import until_decided
+    from attnres_search.study.worker import run_worker
+
+    handle = open_study("seq", open_storage(seq_study, mode="write"))
+    end = until_decided(handle, lambda h: run_worker(h, n_trials=5), out_of_time=lambda: True)
+    assert end.out_of_time and end.looks_done == 0 and end.extensions == 0
+    with pytest.raises(RuntimeError, match="still missing"):  # runs left without a time limit: an error
+        until_decided(handle, lambda h: run_worker(h, n_trials=5))
+    calls = {"n": 0}
+
+    def budget() -> bool:  # time runs out after two looks' runs
+        return calls["n"] >= 2
+
+    def run_all(h) -> None:
+        calls["n"] += 1
+        run_worker(h)
+
+    end = until_decided(open_study("seq", open_storage(seq_study, mode="write")), run_all, out_of_time=budget)
+    assert end.out_of_time and end.looks_done == 2 and end.extensions == 1
+    assert cells(seq_study, states=(TrialState.WAITING,)) == Counter({("baseline", 4): 1, ("block-s2", 4): 1})
+    done_before = sum(cells(seq_study).values())
+    end = until_decided(open_study("seq", open_storage(seq_study, mode="write")), lambda h: run_worker(h))
+    assert not end.out_of_time and {d.variant: d.state_name for d in end.decisions} == {
+        "full": "efficacy: variant better", "block-s2": "max reached"}
+    done = cells(seq_study)
+    assert max(done.values()) == 1 and sum(done.values()) == 21 > done_before

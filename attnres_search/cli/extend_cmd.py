@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from attnres_search.cli.options import time_limit_option
 from attnres_search.cli.study_cmd import open_handle, quiet_option, storage_option
 
 if TYPE_CHECKING:
@@ -49,10 +50,11 @@ def inconclusive_cells(handle: "StudyHandle") -> list[str]:
                    "comparison is decided or at its maximum. Safe to kill and rerun.")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="--until-decided: run each look's runs with this many CPU worker processes (1: in this process).")
+@time_limit_option
 @storage_option
 @quiet_option
 def extend(name: str, n_seeds: int | None, inconclusive: bool, cells: tuple[str, ...], until_decided: bool,
-           n_workers: int, storage: str | None, quiet: bool) -> None:
+           n_workers: int, time_limit: float | None, storage: str | None, quiet: bool) -> None:
     """Queue K more seeds for every cell of study NAME (or only some cells); run them with
     `study resume`, `worker` or `launch`, and reports include them. With --until-decided,
     grow a study with a sequential design look by look until it decides."""
@@ -62,8 +64,10 @@ def extend(name: str, n_seeds: int | None, inconclusive: bool, cells: tuple[str,
         if n_seeds is not None or inconclusive or cells:
             raise click.UsageError("--until-decided grows the study by its design's step: give no --seeds, "
                                    "--inconclusive or --cell with it")
-        _until_decided(open_handle(name, storage, "write"), n_workers, quiet)
+        _until_decided(open_handle(name, storage, "write"), n_workers, quiet, time_limit)
         return
+    if time_limit is not None:
+        raise click.UsageError("--time-limit goes with --until-decided")
     if n_seeds is None:
         raise click.UsageError("give --seeds K (or --until-decided for a study with a sequential design)")
     if n_workers != 1:
@@ -85,24 +89,43 @@ def extend(name: str, n_seeds: int | None, inconclusive: bool, cells: tuple[str,
                f"{ext.queued} run(s); run them with `attnres-search study resume {name}`", err=True)
 
 
-def _until_decided(handle: "StudyHandle", n_workers: int, quiet: bool) -> None:
+def _until_decided(handle: "StudyHandle", n_workers: int, quiet: bool, time_limit: float | None) -> None:
     import sys
+    import time
 
     from attnres_search.cli.study_cmd import run_and_summarize
     from attnres_search.cli.terminal import stdout_console
     from attnres_search.study.until_decided import until_decided
 
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+
+    def left_s() -> float | None:
+        return None if deadline is None else deadline - time.monotonic()
+
+    def out_of_time() -> bool:
+        left = left_s()
+        return left is not None and left <= 1.0
+
     def run_pending(h: "StudyHandle") -> None:
+        left = left_s()
         if n_workers == 1:
-            run_and_summarize(h, n_trials=None, quiet=quiet, requeue_failed=True)
+            run_and_summarize(h, n_trials=None, quiet=quiet, requeue_failed=True, time_limit=left)
             return
         from attnres_search.study.launch import start_workers, supervise
 
-        rc = supervise(start_workers(h, gpus=None, n_cpu=n_workers), h, console=stdout_console(), quiet=quiet)
+        extra = [] if left is None else ["--time-limit", f"{max(1, int(left))}s"]
+        rc = supervise(start_workers(h, gpus=None, n_cpu=n_workers, extra=extra), h, console=stdout_console(),
+                       quiet=quiet)
         if rc:
             sys.exit(rc)
 
-    end = until_decided(handle, run_pending, echo=lambda line: click.echo(f"study {handle.name}: {line}", err=True))
+    end = until_decided(handle, run_pending, echo=lambda line: click.echo(f"study {handle.name}: {line}", err=True),
+                        out_of_time=out_of_time)
+    if end.out_of_time:
+        left = end.handle.status().remaining
+        click.echo(f"study {handle.name}: time limit: look {end.looks_done + 1} of {handle.space.design.n_looks} "
+                   f"has {left} run(s) left; rerun `study extend {handle.name} --until-decided` to continue", err=True)
+        return
     states = ", ".join(f"{d.variant} {d.state_name}" for d in end.decisions)
     click.echo(f"study {handle.name}: look {end.looks_done} of {handle.space.design.n_looks}: {states}; "
                f"`attnres-search report {handle.name}` shows the verdicts", err=True)

@@ -27,12 +27,16 @@ class LoopEnd:
     decisions: tuple["ComparisonDecision", ...]
     looks_done: int
     extensions: int  # extensions made by this call
+    out_of_time: bool = False  # stopped by the time limit with runs of the current look left
 
 
 def until_decided(handle: "StudyHandle", run_pending: Callable[["StudyHandle"], None],
-                  echo: Callable[[str], None] = lambda _: None) -> LoopEnd:
+                  echo: Callable[[str], None] = lambda _: None,
+                  out_of_time: Callable[[], bool] = lambda: False) -> LoopEnd:
     """``run_pending(handle)`` runs every queued run of the study (in this process or with
-    workers) and returns when none is left; it raises when runs failed."""
+    workers) and returns when none is left, or earlier when ``out_of_time()`` (a time limit:
+    the running trial was checkpointed and re-queued); it raises when runs failed. A loop
+    out of time returns with ``out_of_time`` set; rerunning continues at the same look."""
     from attnres_search.reports.design_rows import study_decisions
     from attnres_search.reports.records import load_records
     from attnres_search.reports.sequential import next_look_pairs
@@ -47,8 +51,12 @@ def until_decided(handle: "StudyHandle", run_pending: Callable[["StudyHandle"], 
     while True:
         handle.enqueue_missing(include_failed=True)
         if handle.status().remaining:
+            if out_of_time():
+                return _stopped(handle, extensions)
             run_pending(handle)
             left = handle.status().remaining
+            if left and out_of_time():
+                return _stopped(handle, extensions)
             if left:
                 raise RuntimeError(f"study {handle.name}: {left} run(s) of look still missing after running; "
                                    "rerun to continue")
@@ -74,6 +82,15 @@ def until_decided(handle: "StudyHandle", run_pending: Callable[["StudyHandle"], 
         echo(f"look {looks_done + 1} of {design.n_looks} needs {target} pairs: seeds "
              f"{', '.join(map(str, ext.seeds))} queued for {', '.join(variants)} ({ext.queued} run(s))")
         handle = ext.handle
+
+
+def _stopped(handle: "StudyHandle", extensions: int) -> LoopEnd:
+    from attnres_search.reports.design_rows import study_decisions
+    from attnres_search.reports.records import load_records
+
+    found = study_decisions(load_records(handle.study, handle.space))
+    assert found is not None
+    return LoopEnd(handle, tuple(found[0]), found[1], extensions, out_of_time=True)
 
 
 def seeds_of(handle: "StudyHandle", variant: str) -> list[int]:
