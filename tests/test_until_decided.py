@@ -208,7 +208,7 @@ def test_out_of_time_stops_at_the_current_look_and_a_rerun_continues_it(seq_stud
         run_worker(h)
 
     end = until_decided(open_study("seq", open_storage(seq_study, mode="write")), run_all, out_of_time=budget)
-    assert end.out_of_time and end.looks_done == 2 and end.extensions == 1
+    assert end.out_of_time and end.looks_done == 2 and end.extensions == 2
     assert cells(seq_study, states=(TrialState.WAITING,)) == Counter({("baseline", 4): 1, ("block-s2", 4): 1})
     done_before = sum(cells(seq_study).values())
     end = until_decided(open_study("seq", open_storage(seq_study, mode="write")), lambda h: run_worker(h))
