@@ -255,22 +255,14 @@ def summary_metrics(result: "RunResult") -> dict[str, float]:
 
 
 def model_flops_utilization(result: "RunResult") -> float | None:
-    """The run's MFU where its device's peak is known: the result's own ``mfu`` when it
-    carries one, else :mod:`attnres_search.training.mfu`'s dense-bf16 table (CUDA devices it
-    lists, or a ``peak_tflops`` in the config); None on a CPU without a given peak. The
-    table, not Lightning's, because Lightning's mixes dense and sparse peaks."""
-    own = getattr(result, "mfu", None)
-    if own is not None:
-        return float(own)
-    try:
-        from attnres_search.training import mfu as mfu_table
-    except ImportError:  # a build without the MFU table: no MFU
-        return None
-    device = "cpu" if result.device_name == "cpu" else "cuda"
-    peak = mfu_table.device_peak(device, result.device_name, result.config.get("peak_tflops"))
-    if peak is None or result.tokens_per_s <= 0:
-        return None
-    return mfu_table.mfu(result.flops_per_token, result.tokens_per_s, peak, int(result.config.get("devices") or 1))
+    """The run's MFU where its device's peak is known (:func:`attnres_search.training.mfu.run_mfu`:
+    the dense-bf16 datasheet table for CUDA devices, or a ``peak_tflops`` in the config), else
+    None, as on a plain CPU. That table, not Lightning's, which mixes dense and sparse peaks."""
+    from attnres_search.training.mfu import run_mfu
+
+    _, value = run_mfu(result.flops_per_token, result.tokens_per_s, result.device_name,
+                       int(result.config.get("devices") or 1), result.config.get("peak_tflops"))
+    return value
 
 
 def finish_loggers(loggers: Iterable["Logger"], result: "RunResult | None", status: str = "success") -> None:
