@@ -33,7 +33,9 @@ bench: $(STAMP)
 	$(CLI) bench step
 
 # No setup step: a lent GPU machine has the dependencies but no network; the script runs
-# from the working tree and writes under OUT (default results/gpu_check).
+# from the working tree and writes under OUT (default results/gpu_check). One GPU window of
+# at most TOTAL (540) s: STUDY=1 adds the GPU study after the checks, STUDY=only runs it
+# alone (TIME_LIMIT=S), QUICK=1 is a dry run on a CPU (see the script's header).
 gpu-check:
 	bash scripts/gpu_check.sh
 

@@ -1,81 +1,195 @@
 #!/usr/bin/env bash
-# Every GPU measurement issue 11 asks for, in one run: kernel tests on CUDA, `bench kernels`,
-# `bench step --json` eager with the Triton kernels and with the PyTorch block cache
-# (ATTNRES_KERNEL=reference), and compiled with CUDA graphs (that run repeats the eager
-# rows beside the compiled ones; no step compiles without CUDA graphs). Sized for the device
-# time a development session is lent (15 minutes in all, start-up included): the steps'
-# limits add up to 410 s, which with a machine's start leaves time for a second try.
+# One GPU window (issue 20), sized for a lent device: 15 minutes in all with the machine's
+# start, so at most TOTAL (default 540 s) of command time, every step time-limited.
 #
-#   OUT=/some/dir bash scripts/gpu_check.sh      # default OUT: results/gpu_check
+#   OUT=/some/dir bash scripts/gpu_check.sh                 # the checks (about 6 minutes)
+#   STUDY=1 OUT=/some/dir bash scripts/gpu_check.sh         # the checks, then the GPU study with what is left
+#   STUDY=only TIME_LIMIT=420 OUT=/some/dir bash scripts/gpu_check.sh   # the GPU study alone
+#   QUICK=1 [STUDY=1] bash scripts/gpu_check.sh             # a dry run of the script on a CPU (tiny shapes)
+#
+# The checks:
+#   env            nvidia-smi, Python, torch, CUDA, Triton, Lightning versions
+#   kernel_tests   the Triton kernels against the float64 reference on CUDA (pytest -x)
+#   bench_eager    `bench step --json --path fused --path block-cache`: the two eager CUDA
+#                  training paths side by side (interleaved rounds), each row with its
+#                  TFLOP/s and MFU, ratios against the baseline on the same path
+#   bench_cudagraphs  `bench step --json --path cudagraphs`: compiled with CUDA graphs
+#                  (torch.compile reduce-overhead), its own process so a slow compile
+#                  cannot cost the eager figures
+#   two_workers    two `worker` processes sharing GPU 0 on a small study (launch gives one
+#                  worker per GPU and refuses --gpus 0,0), then which process ran which trial
+#   ddp_gloo       one study trial with two DDP ranks (`worker --devices-per-trial 2`) on
+#                  the CPU with gloo: Lightning puts each rank on its own device, so two
+#                  ranks cannot share one GPU; ddp_one_gpu shows that refusal (`train --devices 2`)
+#   multi_summary  every trial of those two studies: state, variant, seed, process, device
+# The study (STUDY=1 or STUDY=only): copies the committed storage (COMMITTED, default
+# results/gpu_study/studies.db) to $OUT/studies.db unless one is there, and the run folders
+# beside it (results/gpu_study/runs/, git-ignored: carry it to the device) to $OUT/runs,
+# creates the study if it is new, adds SEEDS_PER_WINDOW seeds when every queued run is done
+# (`study extend`), runs `study resume --time-limit` with the time left (TIME_LIMIT
+# overrides; a run cut by it is checkpointed and re-queued), and once more if it finished
+# early, then writes the study's status and report (markdown, JSON, figures) and deletes the
+# checkpoints of finished runs: what is left under $OUT/runs is the checkpoint a re-queued
+# run continues from next window if it is carried back (without it that run starts over;
+# nothing else is lost).
 #
 # Each step writes NAME.txt (stdout) and NAME.err (stderr) under $OUT and one line to
-# $OUT/log.txt (exit status, seconds); a failed or timed-out step does not stop the next.
-# Runs from the working tree when the package is not installed (lent machines have no
-# internet, so nothing is installed there): it links kernels/ and search_spaces/ where the
-# installed layout puts them. Never part of CI.
-#
-# SHAPE (default: the issue's GPU shape) and QUICK=1 (tiny shapes, short limits: a dry run
-# of the script itself on a CPU) change what is timed. STUDY=1 runs the `gpu_quick` study
-# instead (about 8 minutes on one H100, so a loan of its own): its storage, status and
-# report land under $OUT.
+# $OUT/log.txt (exit status, seconds, limit); a failed or timed-out step does not stop the
+# next. Runs from the working tree when the package is not installed (lent machines have
+# no internet): it links kernels/ and search_spaces/ where the installed layout puts them.
+# Never part of CI.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu_check}
 PY=${PYTHON:-python3}
+TOTAL=${TOTAL:-540}
+STUDY=${STUDY:-0}
+STUDY_SPACE=${STUDY_SPACE:-gpu_study}
+COMMITTED=${COMMITTED:-results/gpu_study/studies.db}
+SEEDS_PER_WINDOW=${SEEDS_PER_WINDOW:-2}
 SHAPE=${SHAPE:---layers 8 --width 512 --heads 8 --seq-len 512 --batch-size 16}
 REPEATS=${REPEATS:-10}
-KERNEL_SHAPES="--shape 8192,512,2 --shape 16384,1024,5 --shape 65536,1024,9"
-LIMIT_TESTS=120 LIMIT_KERNELS=60 LIMIT_STEP=50 LIMIT_COMPILE=120
+SMALL_STUDY=smoke_ablation
+KERNEL_TESTS="tests/test_kernels.py"
+# Step limits in seconds (each may be set in the environment). The checks' limits add up to 620 s,
+# their expected run time to about 330 s; no step runs past TOTAL seconds of the script.
+LIMIT_TESTS=${LIMIT_TESTS:-90} LIMIT_EAGER=${LIMIT_EAGER:-60} LIMIT_COMPILE=${LIMIT_COMPILE:-170}
+LIMIT_WORKERS=${LIMIT_WORKERS:-90} WORKER_TIME=${WORKER_TIME:-60s} LIMIT_DDP=${LIMIT_DDP:-60}
+LIMIT_ONE_GPU=${LIMIT_ONE_GPU:-40} STUDY_MIN=${STUDY_MIN:-90} REPORT_RESERVE=${REPORT_RESERVE:-75}
 if [ "${QUICK:-0}" = 1 ]; then
   SHAPE="--layers 2 --width 64 --heads 2 --seq-len 32 --batch-size 2"
   REPEATS=2
-  KERNEL_SHAPES="--shape 256,64,2"
-  LIMIT_TESTS=60 LIMIT_KERNELS=120 LIMIT_STEP=120 LIMIT_COMPILE=300
+  STUDY_SPACE=${QUICK_STUDY_SPACE:-smoke_ablation}
+  COMMITTED=/nonexistent
+  LIMIT_TESTS=${LIMIT_TESTS_QUICK:-60} LIMIT_EAGER=120 LIMIT_COMPILE=${LIMIT_COMPILE_QUICK:-300} WORKER_TIME=20s STUDY_MIN=30
+  export TRITON_INTERPRET=1  # the fused path runs in Triton's interpreter on a CPU
 fi
 mkdir -p "$OUT"
 : >"$OUT/log.txt"
+DB="$OUT/studies.db"
+MULTI="sqlite:///$OUT/multi.db"
 
 if ! "$PY" -c "import attnres_search.kernels, attnres_search.search_spaces" 2>/dev/null; then
   ln -sfn ../kernels attnres_search/kernels
   ln -sfn ../search_spaces attnres_search/search_spaces
 fi
 
-step() {  # step NAME LIMIT_SECONDS COMMAND...
-  local name=$1 limit=$2
+step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND for at most LIMIT s, never past TOTAL
+  local name=$1 limit=$2 cap=$((TOTAL - SECONDS))
   shift 2
+  if [ "$cap" -lt 5 ]; then
+    echo "$name: skipped: the window's $TOTAL s are spent" | tee -a "$OUT/log.txt"
+    return 124
+  fi
+  [ "$limit" -gt "$cap" ] && limit=$cap
   local start=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err"
-  local rc=$?
-  echo "$name: rc $rc in $((SECONDS - start)) s (limit $limit s): $*" | tee -a "$OUT/log.txt"
+  local rc=$? command="$*"
+  command=${command//$'\n'/ }
+  echo "$name: rc $rc in $((SECONDS - start)) s (limit $limit s): ${command:0:300}" | tee -a "$OUT/log.txt"
+  return $rc
 }
 
-if [ "${STUDY:-0}" = 1 ]; then
-  # A study that does not finish in time keeps its completed trials; `study resume` continues it.
-  step study 540 "$PY" -m attnres_search study start gpu_quick --storage "sqlite:///$OUT/studies.db"
-  step study_report 60 "$PY" -m attnres_search report gpu_quick --format markdown \
-    --storage "sqlite:///$OUT/studies.db"
-  echo "results under $OUT" | tee -a "$OUT/log.txt"
-  exit 0
+{ date -u +"window started %Y-%m-%dT%H:%M:%SZ"; echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"; } \
+  >"$OUT/window.txt"
+step env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; \
+  $PY -c 'import sys, torch, lightning; print(sys.version); print(torch.__version__, torch.version.cuda, lightning.__version__); import triton; print(triton.__version__)'"
+
+if [ "$STUDY" != only ]; then
+  # Exactness on the real device: the kernels against the float64 reference, forward and backward.
+  # shellcheck disable=SC2086
+  step kernel_tests "$LIMIT_TESTS" "$PY" -m pytest -q -x -p no:cacheprovider $KERNEL_TESTS
+  # The training paths: targets (issue 20, L_b 8, d 512, T 512, B 16, bf16) block-s4 <= 1.10x,
+  # full <= 1.20x, mhc <= 1.50x the baseline step on the default path.
+  # shellcheck disable=SC2086
+  step bench_eager "$LIMIT_EAGER" "$PY" -m attnres_search bench step --json --no-loops --repeats "$REPEATS" \
+    --path fused --path block-cache $SHAPE
+  # shellcheck disable=SC2086
+  step bench_cudagraphs "$LIMIT_COMPILE" "$PY" -m attnres_search bench step --json --no-loops --repeats "$REPEATS" \
+    --path cudagraphs $SHAPE
+  # Two workers sharing GPU 0 on one small study (each claims trials atomically from the storage).
+  step two_workers_study 30 "$PY" -m attnres_search study start "$SMALL_STUDY" --name two_workers --storage "$MULTI" \
+    --n-trials 0
+  step two_workers "$LIMIT_WORKERS" bash -c "\
+    CUDA_VISIBLE_DEVICES=0 $PY -m attnres_search worker two_workers --storage $MULTI --quiet --time-limit $WORKER_TIME \
+      >$OUT/worker_a.txt 2>&1 & \
+    CUDA_VISIBLE_DEVICES=0 $PY -m attnres_search worker two_workers --storage $MULTI --quiet --time-limit $WORKER_TIME \
+      >$OUT/worker_b.txt 2>&1 & \
+    wait"
+  # One trial, two DDP ranks (gloo on the CPU: the code gives every rank its own device).
+  cat >"$OUT/ddp_gloo.yaml" <<'YAML'
+description: one trial of two DDP ranks (gloo, CPU) run by a study worker
+kind: ablation
+model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32}
+train: {steps: 20, tokens: null, batch_size: 4, val_every: 10, val_windows: 4, diagnostics_every: 1000, accelerator: cpu}
+variants: [block-s2]
+seeds: 1
+YAML
+  step ddp_gloo_study 30 "$PY" -m attnres_search study start "$OUT/ddp_gloo.yaml" --name ddp_gloo --storage "$MULTI" \
+    --n-trials 0
+  step ddp_gloo "$LIMIT_DDP" "$PY" -m attnres_search worker ddp_gloo --storage "$MULTI" --devices-per-trial 2 \
+    --time-limit "$WORKER_TIME"
+  # Two ranks on the one GPU: expected to be refused (each rank wants a device of its own).
+  step ddp_one_gpu "$LIMIT_ONE_GPU" env CUDA_VISIBLE_DEVICES=0 "$PY" -m attnres_search train --devices 2 --steps 10 \
+    --layers 1 --width 32 --heads 2 --seq-len 32 --batch-size 4 --val-every 10 --val-windows 4 --json
+  step multi_summary 30 "$PY" -c "
+import optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+for summary in optuna.get_all_study_summaries('$MULTI'):
+    study = optuna.load_study(study_name=summary.study_name, storage='$MULTI')
+    for t in study.trials:
+        cfg = t.user_attrs.get('config') or {}
+        print(summary.study_name, t.number, t.state.name, t.params, 'process', t.user_attrs.get('host'),
+              'device', t.user_attrs.get('device_name'), 'devices', cfg.get('devices'),
+              'tokens/s', round(t.user_attrs.get('tokens_per_s') or 0), 'error', t.user_attrs.get('error'))
+"
 fi
 
-step env 10 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1; \
-  $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda); import triton; print(triton.__version__)'"
-# Exactness on the real device: the kernels against the float64 reference, forward and backward;
-# the compiled model for every preset.
-step kernel_tests "$LIMIT_TESTS" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_kernels.py \
-  tests/test_kernel_two_phase_training.py tests/test_compile.py
-# Fused kernel vs eager and torch.compile on the small shapes where it used to lose, and a large one.
-# shellcheck disable=SC2086
-step bench_kernels "$LIMIT_KERNELS" "$PY" -m attnres_search bench kernels --repeats 10 $KERNEL_SHAPES
-# Training step ratios, eager: the Triton path (auto) and the PyTorch block cache on CUDA.
-# shellcheck disable=SC2086
-step bench_step_eager_kernels "$LIMIT_STEP" "$PY" -m attnres_search bench step --json --no-loops \
-  --repeats "$REPEATS" $SHAPE
-# shellcheck disable=SC2086
-step bench_step_eager_block_cache "$LIMIT_STEP" env ATTNRES_KERNEL=reference "$PY" -m attnres_search bench step \
-  --json --no-loops --repeats "$REPEATS" $SHAPE
-# Compiled with CUDA graphs (static shapes): the issue's GPU targets are for compiled steps.
-# shellcheck disable=SC2086
-step bench_step_compiled_cudagraphs "$LIMIT_COMPILE" "$PY" -m attnres_search bench step --json --no-loops \
-  --repeats "$REPEATS" --compile --compile-mode reduce-overhead $SHAPE
-echo "results under $OUT" | tee -a "$OUT/log.txt"
+if [ "$STUDY" = 1 ] || [ "$STUDY" = only ]; then
+  URL="sqlite:///$DB"
+  if [ ! -f "$DB" ] && [ -f "$COMMITTED" ]; then
+    cp "$COMMITTED" "$DB" && echo "study: continuing the storage committed at $COMMITTED" | tee -a "$OUT/log.txt"
+    RUNS_KEPT="$(dirname "$COMMITTED")/runs"
+    if [ -d "$RUNS_KEPT" ] && [ ! -d "$OUT/runs" ]; then
+      cp -r "$RUNS_KEPT" "$OUT/runs" && echo "study: run folders (checkpoints) from $RUNS_KEPT" | tee -a "$OUT/log.txt"
+    fi
+  fi
+  if [ ! -f "$DB" ]; then
+    step study_start 60 "$PY" -m attnres_search study start "$STUDY_SPACE" --storage "$URL" --n-trials 0
+  fi
+  for pass in 1 2; do  # a second pass only when the first finished every queued run early
+    step "study_status_$pass" 30 "$PY" -m attnres_search study status "$STUDY_SPACE" --storage "$URL"
+    if grep -q '^complete' "$OUT/study_status_$pass.txt"; then
+      step "study_extend_$pass" 30 "$PY" -m attnres_search study extend "$STUDY_SPACE" --seeds "$SEEDS_PER_WINDOW" \
+        --storage "$URL"
+    fi
+    left=${TIME_LIMIT:-$((TOTAL - SECONDS - REPORT_RESERVE))}
+    [ "$pass" = 2 ] && left=$((TOTAL - SECONDS - REPORT_RESERVE))
+    if [ "$left" -lt "$STUDY_MIN" ]; then
+      echo "study: $left s left, under the $STUDY_MIN s a run needs: no (more) study runs in this window" \
+        | tee -a "$OUT/log.txt"
+      break
+    fi
+    step "study_resume_$pass" $((left + 45)) "$PY" -m attnres_search study resume "$STUDY_SPACE" --storage "$URL" \
+      --time-limit "${left}s" --quiet
+    if grep -q '^time limit: ' "$OUT/study_resume_$pass.err"; then
+      break  # stopped by its time limit: the window is spent
+    fi
+  done
+  step study_status 30 "$PY" -m attnres_search study status "$STUDY_SPACE" --storage "$URL"
+  step report 60 "$PY" -m attnres_search report "$STUDY_SPACE" --format markdown --plots "$OUT/figures" --storage "$URL"
+  cp "$OUT/report.txt" "$OUT/report.md" 2>/dev/null
+  step report_json 30 "$PY" -m attnres_search report "$STUDY_SPACE" --format json --storage "$URL"
+  cp "$OUT/report_json.txt" "$OUT/report.json" 2>/dev/null
+  # A finished run's checkpoints are never read again (tens of MB each): keep only those of
+  # runs a time limit or a signal cut short.
+  for attempt in "$OUT"/runs/*/*/attempt-*; do
+    if [ -d "$attempt/checkpoints" ] && grep -qs '"interrupted": false' "$attempt/run.json"; then
+      rm -rf "$attempt/checkpoints"
+    fi
+  done
+  echo "study: checkpoints kept for the next window: $(find "$OUT/runs" -name '*.ckpt' 2>/dev/null | wc -l)" \
+    | tee -a "$OUT/log.txt"
+fi
+echo "results under $OUT after $SECONDS s" | tee -a "$OUT/log.txt"
+exit 0
