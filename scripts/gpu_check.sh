@@ -25,13 +25,13 @@
 # The study (STUDY=1 or STUDY=only): copies the committed storage (COMMITTED, default
 # results/gpu_study/studies.db) to $OUT/studies.db unless one is there, and the run folders
 # beside it (results/gpu_study/runs/, git-ignored: carry it to the device) to $OUT/runs,
-# creates the study if it is new, adds SEEDS_PER_WINDOW seeds when every queued run is done
-# (`study extend`), runs `study resume --time-limit` with the time left (TIME_LIMIT
-# overrides; a run cut by it is checkpointed and re-queued), and once more if it finished
-# early, then writes the study's status and report (markdown, JSON, figures) and deletes the
-# checkpoints of finished runs: what is left under $OUT/runs is the checkpoint a re-queued
-# run continues from next window if it is carried back (without it that run starts over;
-# nothing else is lost).
+# creates the study if it is new, grows it by its sequential design with the time left
+# (`study extend --until-decided --time-limit`, TIME_LIMIT overrides: it finishes the look
+# in progress, takes it, queues the next; a run cut by the limit is checkpointed and
+# re-queued), then writes the study's status and report (markdown, JSON, figures) and
+# deletes the checkpoints of finished runs: what is left under $OUT/runs is the checkpoint
+# a re-queued run continues from next window if it is carried back (without it that run
+# starts over; nothing else is lost).
 #
 # Each step writes NAME.txt (stdout) and NAME.err (stderr) under $OUT and one line to
 # $OUT/log.txt (exit status, seconds, limit); a failed or timed-out step does not stop the
@@ -44,9 +44,9 @@ OUT=${OUT:-results/gpu_check}
 PY=${PYTHON:-python3}
 TOTAL=${TOTAL:-540}
 STUDY=${STUDY:-0}
-STUDY_SPACE=${STUDY_SPACE:-gpu_study}
+STUDY_SPACE=${STUDY_SPACE:-gpu_study}  # a built-in space or a .yaml file, with a sequential design
+STUDY_NAME=${STUDY_NAME:-gpu_study}
 COMMITTED=${COMMITTED:-results/gpu_study/studies.db}
-SEEDS_PER_WINDOW=${SEEDS_PER_WINDOW:-2}
 SHAPE=${SHAPE:---layers 8 --width 512 --heads 8 --seq-len 512 --batch-size 16}
 REPEATS=${REPEATS:-10}
 SMALL_STUDY=smoke_ablation
@@ -59,7 +59,7 @@ LIMIT_ONE_GPU=${LIMIT_ONE_GPU:-40} STUDY_MIN=${STUDY_MIN:-90} REPORT_RESERVE=${R
 if [ "${QUICK:-0}" = 1 ]; then
   SHAPE="--layers 2 --width 64 --heads 2 --seq-len 32 --batch-size 2"
   REPEATS=2
-  STUDY_SPACE=${QUICK_STUDY_SPACE:-smoke_ablation}
+  STUDY_NAME=quick_design  # its space is written below: smoke-sized, with a design
   COMMITTED=/nonexistent
   LIMIT_TESTS=${LIMIT_TESTS_QUICK:-60} LIMIT_EAGER=120 LIMIT_COMPILE=${LIMIT_COMPILE_QUICK:-300} WORKER_TIME=20s STUDY_MIN=30
   export TRITON_INTERPRET=1  # the fused path runs in Triton's interpreter on a CPU
@@ -154,32 +154,33 @@ if [ "$STUDY" = 1 ] || [ "$STUDY" = only ]; then
       cp -r "$RUNS_KEPT" "$OUT/runs" && echo "study: run folders (checkpoints) from $RUNS_KEPT" | tee -a "$OUT/log.txt"
     fi
   fi
-  if [ ! -f "$DB" ]; then
-    step study_start 60 "$PY" -m attnres_search study start "$STUDY_SPACE" --storage "$URL" --n-trials 0
+  if [ "${QUICK:-0}" = 1 ]; then
+    STUDY_SPACE="$OUT/quick_design.yaml"
+    cat >"$STUDY_SPACE" <<'YAML'
+description: a dry run of a sequential study (QUICK=1)
+kind: ablation
+model: {n_layers: 1, d_model: 32, n_heads: 2, seq_len: 32}
+train: {steps: 30, tokens: null, batch_size: 4, val_every: 10, val_windows: 4, diagnostics_every: 1000}
+variants: [baseline, full]
+seeds: [0, 1]
+design: {primary: [full], alpha: 0.05, max_seeds: 4, step: 2, spending: obrien-fleming, futility: 0.1}
+YAML
   fi
-  for pass in 1 2; do  # a second pass only when the first finished every queued run early
-    step "study_status_$pass" 30 "$PY" -m attnres_search study status "$STUDY_SPACE" --storage "$URL"
-    if grep -q '^complete' "$OUT/study_status_$pass.txt"; then
-      step "study_extend_$pass" 30 "$PY" -m attnres_search study extend "$STUDY_SPACE" --seeds "$SEEDS_PER_WINDOW" \
-        --storage "$URL"
-    fi
-    left=${TIME_LIMIT:-$((TOTAL - SECONDS - REPORT_RESERVE))}
-    [ "$pass" = 2 ] && left=$((TOTAL - SECONDS - REPORT_RESERVE))
-    if [ "$left" -lt "$STUDY_MIN" ]; then
-      echo "study: $left s left, under the $STUDY_MIN s a run needs: no (more) study runs in this window" \
-        | tee -a "$OUT/log.txt"
-      break
-    fi
-    step "study_resume_$pass" $((left + 45)) "$PY" -m attnres_search study resume "$STUDY_SPACE" --storage "$URL" \
-      --time-limit "${left}s" --quiet
-    if grep -q '^time limit: ' "$OUT/study_resume_$pass.err"; then
-      break  # stopped by its time limit: the window is spent
-    fi
-  done
-  step study_status 30 "$PY" -m attnres_search study status "$STUDY_SPACE" --storage "$URL"
-  step report 60 "$PY" -m attnres_search report "$STUDY_SPACE" --format markdown --plots "$OUT/figures" --storage "$URL"
+  if [ ! -f "$DB" ]; then
+    step study_start 60 "$PY" -m attnres_search study start "$STUDY_SPACE" --name "$STUDY_NAME" --storage "$URL" \
+      --n-trials 0
+  fi
+  left=${TIME_LIMIT:-$((TOTAL - SECONDS - REPORT_RESERVE))}
+  if [ "$left" -lt "$STUDY_MIN" ]; then
+    echo "study: $left s left, under the $STUDY_MIN s a run needs: no study runs in this window" | tee -a "$OUT/log.txt"
+  else
+    step study_grow $((left + 45)) "$PY" -m attnres_search study extend "$STUDY_NAME" --until-decided \
+      --time-limit "${left}s" --storage "$URL" --quiet
+  fi
+  step study_status 30 "$PY" -m attnres_search study status "$STUDY_NAME" --storage "$URL"
+  step report 60 "$PY" -m attnres_search report "$STUDY_NAME" --format markdown --plots "$OUT/figures" --storage "$URL"
   cp "$OUT/report.txt" "$OUT/report.md" 2>/dev/null
-  step report_json 30 "$PY" -m attnres_search report "$STUDY_SPACE" --format json --storage "$URL"
+  step report_json 30 "$PY" -m attnres_search report "$STUDY_NAME" --format json --storage "$URL"
   cp "$OUT/report_json.txt" "$OUT/report.json" 2>/dev/null
   # A finished run's checkpoints are never read again (tens of MB each): keep only those of
   # runs a time limit or a signal cut short.

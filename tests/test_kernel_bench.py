@@ -154,19 +154,16 @@ def _parse_cli_call(args: list[str]) -> str:
 CHECKS = ["env", "kernel_tests", "bench_eager", "bench_cudagraphs", "two_workers_study", "two_workers",
           "ddp_gloo_study", "ddp_gloo", "ddp_one_gpu", "multi_summary"]
 CHECK_CALLS = ["bench step", "bench step", "study start", "worker", "worker", "study start", "worker", "train"]
-STUDY = ["study_start", "study_status_1", "study_extend_1", "study_resume_1", "study_status_2", "study_extend_2",
-         "study_resume_2", "study_status", "report", "report_json"]
-STUDY_CALLS = ["study start", "study status", "study extend", "study resume", "study status", "study extend",
-               "study resume", "study status", "report", "report"]
+STUDY = ["study_start", "study_grow", "study_status", "report", "report_json"]
+STUDY_CALLS = ["study start", "study extend", "study status", "report", "report"]
 
 
 @pytest.mark.parametrize("mode", [{"QUICK": "0"}, {"QUICK": "1"}, {"STUDY": "1"}, {"STUDY": "only"},
                                   {"QUICK": "1", "STUDY": "1"}], ids=["gpu", "quick", "study", "study-only", "quick-study"])
 def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, mode: dict[str, str]) -> None:
     """``scripts/gpu_check.sh`` runs only on lent GPUs, where a renamed option would waste the
-    loan: run it with a stand-in interpreter that records its arguments (and answers
-    `study status` with "complete", so the study steps that extend it run too), then let
-    click parse every CLI call the script made (names, types, choices, durations)."""
+    loan: run it with a stand-in interpreter that records its arguments, then let click
+    parse every CLI call the script made (names, types, choices, durations)."""
     import os
     import subprocess
     import sys
@@ -176,9 +173,7 @@ def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, mode: 
     log = tmp_path / "calls.jsonl"
     fake = tmp_path / "python"
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json, sys; "
-                    f"open(sys.argv[1], \"a\").write(json.dumps(sys.argv[2:]) + \"\\n\"); "
-                    f"print(\"complete\" if sys.argv[2:6] == [\"-m\", \"attnres_search\", \"study\", \"status\"] "
-                    f"else \"\")' {log} \"$@\"\n")
+                    f"open(sys.argv[1], \"a\").write(json.dumps(sys.argv[2:]) + \"\\n\")' {log} \"$@\"\n")
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake), "OUT": str(tmp_path / "out"), "COMMITTED": "/nonexistent", **mode}
     done = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True,
@@ -193,11 +188,11 @@ def test_gpu_check_script_calls_the_cli_with_options_it_accepts(tmp_path, mode: 
     assert commands == (CHECK_CALLS if checks else []) + (STUDY_CALLS if study else [])
     assert steps == (CHECKS if checks else ["env"]) + (STUDY if study else [])
     assert any(c[:2] == ["-m", "pytest"] for c in calls) == checks
-    resumes = [c for c in calls if c[2:5] == ["study", "resume", "gpu_study" if mode.get("QUICK") != "1" else
-                                              "smoke_ablation"]]
-    assert len(resumes) == (2 if study else 0)
-    for resume in resumes:  # the time left, in seconds, never more than the window
-        limit = resume[resume.index("--time-limit") + 1]
+    name = "quick_design" if mode.get("QUICK") == "1" else "gpu_study"
+    grows = [c for c in calls if c[2:6] == ["study", "extend", name, "--until-decided"]]
+    assert len(grows) == (1 if study else 0)
+    for grow in grows:  # the time left, in seconds, never more than the window
+        limit = grow[grow.index("--time-limit") + 1]
         assert limit.endswith("s") and 0 < int(limit[:-1]) <= 540
     if study:
         assert "study: checkpoints kept for the next window: 0" in log_lines
