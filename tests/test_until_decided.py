@@ -216,3 +216,28 @@ def test_out_of_time_stops_at_the_current_look_and_a_rerun_continues_it(seq_stud
         "full": "efficacy: variant better", "block-s2": "max reached"}
     done = cells(seq_study)
     assert max(done.values()) == 1 and sum(done.values()) == 21 > done_before
+
+
+def test_until_decided_time_limit_stops_cleanly_when_no_run_fits(seq_study: str, monkeypatch, capsys) -> None:
+    """The GPU window's case: the worker refuses to start a run that would not finish in the
+    time left, leaving runs of the look queued; the loop exits 0 with one line on what is
+    left (it used to raise 'still missing'), and a rerun without a limit finishes the study."""
+    import attnres_search.study.worker as worker
+
+    real_may_claim = worker.may_claim
+    claims = {"n": 0}
+
+    def fits_four(estimate_s, left_s, limit_s, margin=1.1) -> bool:
+        claims["n"] += 1
+        return claims["n"] <= 4
+
+    monkeypatch.setattr(worker, "may_claim", fits_four)
+    code, _, err = cli(["study", "extend", "seq", "--until-decided", "--time-limit", "10m", "--quiet"], monkeypatch,
+                       capsys)
+    assert code == 0, err
+    assert "time limit: look 1 of 5 has 8 run(s) left" in err and "error" not in err
+    assert sum(cells(seq_study).values()) == 4
+    monkeypatch.setattr(worker, "may_claim", real_may_claim)
+    code, _, err = cli(["study", "extend", "seq", "--until-decided", "--quiet"], monkeypatch, capsys)
+    assert code == 0 and "look 5 of 5" in err
+    assert max(cells(seq_study).values()) == 1

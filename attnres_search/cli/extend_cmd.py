@@ -98,18 +98,20 @@ def _until_decided(handle: "StudyHandle", n_workers: int, quiet: bool, time_limi
     from attnres_search.study.until_decided import until_decided
 
     deadline = None if time_limit is None else time.monotonic() + time_limit
+    stopped = {"by_limit": False}  # a worker stopped by the limit: it would not start a run that cannot finish
 
     def left_s() -> float | None:
         return None if deadline is None else deadline - time.monotonic()
 
     def out_of_time() -> bool:
         left = left_s()
-        return left is not None and left <= 1.0
+        return left is not None and (left <= 1.0 or stopped["by_limit"])
 
     def run_pending(h: "StudyHandle") -> None:
         left = left_s()
         if n_workers == 1:
-            run_and_summarize(h, n_trials=None, quiet=quiet, requeue_failed=True, time_limit=left)
+            summary = run_and_summarize(h, n_trials=None, quiet=quiet, requeue_failed=True, time_limit=left)
+            stopped["by_limit"] = summary.time_limited
             return
         from attnres_search.study.launch import start_workers, supervise
 
@@ -118,6 +120,8 @@ def _until_decided(handle: "StudyHandle", n_workers: int, quiet: bool, time_limi
                        quiet=quiet)
         if rc:
             sys.exit(rc)
+        # Workers given a limit exit 0 when no run fits the time left: runs left then mean out of time.
+        stopped["by_limit"] = bool(extra) and bool(h.status().remaining)
 
     end = until_decided(handle, run_pending, echo=lambda line: click.echo(f"study {handle.name}: {line}", err=True),
                         out_of_time=out_of_time)

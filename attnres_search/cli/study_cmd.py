@@ -17,6 +17,7 @@ from attnres_search.cli.options import time_limit_option
 from attnres_search.cli.terminal import stdout_console
 
 if TYPE_CHECKING:
+    from attnres_search.study.worker import WorkerSummary
     from attnres_search.study.handle import StudyHandle
     from attnres_search.study.storage import Mode
 
@@ -114,9 +115,9 @@ def resume(name: str, storage: str | None, n_trials: int | None, time_limit: flo
 
 def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, requeue_failed: bool = False,
                       devices_per_trial: int = 1, runner: Callable[..., Any] | None = None,
-                      time_limit: float | None = None) -> None:
+                      time_limit: float | None = None) -> "WorkerSummary":
     """Run a worker on ``handle`` with the rich display (or, quiet, failure lines only);
-    exit 1 when trials failed. ``runner``: see :func:`attnres_search.study.worker.run_worker`.
+    exit 1 when trials failed; return the worker's summary. ``runner``: see :func:`attnres_search.study.worker.run_worker`.
     ``time_limit`` (seconds): a worker stopped by it ends with its one line on what is
     left, printed even when quiet (it is why the worker stopped)."""
     from attnres_search.cli.study_progress import FailureLines, RichStudyProgress
@@ -146,6 +147,7 @@ def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: boo
     if summary.failed:
         raise click.ClickException(f"{summary.failed} trial(s) failed (reasons above, tracebacks in "
                                    f"{handle.logs_dir}); `attnres-search study resume {handle.name}` runs them again")
+    return summary
 
 
 def publish_finished(handle: "StudyHandle", *, quiet: bool) -> None:
