@@ -212,6 +212,7 @@ def sequential_decisions(diffs: np.ndarray, design: Design, n_pairs: np.ndarray 
             evaluating &= ~cross
         if k == len(schedule) - 1:
             state[evaluating] = EXHAUSTED
+            cp_out[evaluating] = np.nan  # no later look to cross at
         elif design.futility > 0 and evaluating.any():
             n_rejected = np.isin(state, (BETTER, WORSE)).sum(axis=1)
             final = table[np.minimum(n_rejected, m - 1), -1][:, None] * np.ones((1, m))
