@@ -35,7 +35,9 @@ def test_train_json_then_plot(tmp_path):
     figures = CliRunner().invoke(plot, [str(out / "run.json"), "--out", str(tmp_path / "figs")])
     assert figures.exit_code == 0, figures.output
     paths = [Path(p) for p in figures.output.split()]
-    assert len(paths) == 4 and all(p.parent == tmp_path / "figs" and p.stat().st_size > 0 for p in paths)
+    assert len(paths) == 5 and all(p.parent == tmp_path / "figs" and p.stat().st_size > 0 for p in paths)
+    assert "mixing.png" in {p.name for p in paths}, "every rule's effective mixing matrix is drawn"
+    assert "hardware" in record and record["hardware"]["cpu"]
 
 
 def test_train_table_with_steps():
