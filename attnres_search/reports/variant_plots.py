@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -106,6 +106,19 @@ def _cells(records: StudyRecords) -> list[tuple[Group, str, list[TrialRecord]]]:
             recs = records.select(variant, group)
             if recs:
                 out.append((group, variant, recs))
+    return out
+
+
+def _panels_by_group(records: StudyRecords,
+                     panel: Callable[[str, list[TrialRecord]], Any]) -> list[tuple[Group, list[Any]]]:
+    """Per cell (non-variant group), the panels ``panel(variant, recs)`` draws for each
+    variant, those returning None left out, and groups without any panel dropped."""
+    cells = _cells(records)
+    out = []
+    for group in dict.fromkeys(g for g, _, _ in cells):
+        panels = [p for g, variant, recs in cells if g == group and (p := panel(variant, recs)) is not None]
+        if panels:
+            out.append((group, panels))
     return out
 
 
@@ -212,21 +225,17 @@ def _final_snapshot(rec: TrialRecord) -> dict[str, Any]:
 def depth_mixing_plots(records: StudyRecords, title: str, out: Path) -> list[Path]:
     """One figure per cell: each variant's final depth-mixing weights α, mean over seeds,
     side by side on one colour scale (rows: reading layer; columns: source)."""
-    cells = _cells(records)
-    groups = list(dict.fromkeys(g for g, _, _ in cells))
+    def alpha_panel(variant: str, recs: list[TrialRecord]) -> Any:
+        snaps = [_final_snapshot(r) for r in recs]
+        matrix = mean_matrix([s.get("alpha") for s in snaps if s.get("alpha")])
+        if matrix is None:
+            return None
+        sources = next((s.get("sources") for s in snaps if s.get("sources")), None)
+        return variant, matrix, sum(1 for s in snaps if s.get("alpha")), sources, majority_sinks(snaps)
+
+    by_group = _panels_by_group(records, alpha_panel)
     paths = []
-    for group in groups:
-        panels = []
-        for g, variant, recs in cells:
-            if g != group:
-                continue
-            snaps = [_final_snapshot(r) for r in recs]
-            matrix = mean_matrix([s.get("alpha") for s in snaps if s.get("alpha")])
-            if matrix is not None:
-                sources = next((s.get("sources") for s in snaps if s.get("sources")), None)
-                panels.append((variant, matrix, sum(1 for s in snaps if s.get("alpha")), sources, majority_sinks(snaps)))
-        if not panels:
-            continue
+    for group, panels in by_group:
         vmax = max(float(np.nanmax(m)) for _, m, _, _, _ in panels) or 1.0
         width = sum(1.2 + 0.35 * m.shape[1] for _, m, _, _, _ in panels) + 1.5
         height = 2.0 + 0.28 * max(m.shape[0] for _, m, _, _, _ in panels)
@@ -247,7 +256,7 @@ def depth_mixing_plots(records: StudyRecords, title: str, out: Path) -> list[Pat
         fig.colorbar(image, ax=list(axes[0]), label="mean α over seeds", shrink=0.9)
         framed = "; red frame: depth-wise sink in at least half the seeds" if any(p[4] for p in panels) else ""
         fig.suptitle(f"Depth mixing α, final step{framed}\n{title} {_group_text(group)}".strip())
-        path = out / f"depth_mixing{_suffix(group, len(groups) > 1)}.png"
+        path = out / f"depth_mixing{_suffix(group, len(by_group) > 1)}.png"
         fig.savefig(path, dpi=120)  # constrained layout, not tight_layout: the colorbar spans the panels
         plt.close(fig)
         paths.append(path)
@@ -258,22 +267,17 @@ def mixing_matrix_plots(records: StudyRecords, title: str, out: Path) -> list[Pa
     """One figure per cell: every variant's effective mixing matrix M (final step, mean over
     seeds) side by side on one colour scale, the sinks of at least half the seeds framed;
     the taxonomy of residual rules as one picture (see :mod:`.mixing_plots`)."""
-    cells = _cells(records)
-    groups = list(dict.fromkeys(g for g, _, _ in cells))
+    def m_panel(variant: str, recs: list[TrialRecord]) -> Any:
+        snaps = [s for s in (_final_snapshot(r) for r in recs) if isinstance(s.get("mixing"), dict)]
+        matrix = mean_matrix([s["mixing"]["mean"] for s in snaps])
+        if matrix is None:
+            return None
+        return f"{variant} (n={len(snaps)})", matrix, snaps[0]["mixing"].get("sources"), majority_sinks(snaps)
+
+    by_group = _panels_by_group(records, m_panel)
     paths = []
-    for group in groups:
-        panels = []
-        for g, variant, recs in cells:
-            if g != group:
-                continue
-            snaps = [s for s in (_final_snapshot(r) for r in recs) if isinstance(s.get("mixing"), dict)]
-            matrix = mean_matrix([s["mixing"]["mean"] for s in snaps])
-            if matrix is not None:
-                panels.append((f"{variant} (n={len(snaps)})", matrix, snaps[0]["mixing"].get("sources"),
-                               majority_sinks(snaps)))
-        if not panels:
-            continue
-        path = out / f"mixing_matrix{_suffix(group, len(groups) > 1)}.png"
+    for group, panels in by_group:
+        path = out / f"mixing_matrix{_suffix(group, len(by_group) > 1)}.png"
         heading = r"Effective depth-mixing matrix M, $h_l = \Sigma_i\, M_{i\to l}\, v_i$ (final step, one colour scale)"
         paths.append(panels_figure(panels, f"{heading}\n{title} {_group_text(group)}".strip(), path))
     return paths
