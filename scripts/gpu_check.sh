@@ -38,6 +38,15 @@
 # next. Runs from the working tree when the package is not installed (lent machines have
 # no internet): it links kernels/ and search_spaces/ where the installed layout puts them.
 # Never part of CI.
+# On a lent device whose image lacks the study packages (the H200 image of 2026-12 has torch,
+# Triton, Lightning, scipy, rich, click, matplotlib and tensorboard, but not these), carry them as
+# wheels made here, in the repo root (`.whl/` is ignored via .git/info/exclude):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl optuna optuna-dashboard sqlalchemy alembic colorlog mako plotly bottle greenlet
+# and start the device command with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# Only 8 files come back from a device's $OUT: run with OUT=/tmp/gw and tar it into $OUT.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu_check}
