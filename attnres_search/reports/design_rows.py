@@ -9,10 +9,10 @@ import math
 from typing import Any
 
 from attnres_search.reports.records import StudyRecords
-from attnres_search.reports.sequential import (BETTER, CONTINUE, EXHAUSTED, FUTILE, WORSE, ComparisonDecision,
+from attnres_search.reports.sequential import (BETTER, EXHAUSTED, FUTILE, WORSE, ComparisonDecision,
                                                decide_study)
 from attnres_search.reports.stats import NO_FIGURE, OPPOSITE, REPRODUCED
-from attnres_search.reports.tables import Column, Row, Table, key, num
+from attnres_search.reports.tables import Column, Row, Table, key
 from attnres_search.study.design import Design
 
 PRIMARY, EXPLORATORY, BASELINE = "primary", "exploratory", "baseline"
