@@ -209,3 +209,34 @@ def test_existing_name_and_unknown_study_exit_2_without_changes(url: str, monkey
     code, _, err = cli(["study", "resume", "nope"], monkeypatch, capsys)
     assert code == 2 and "no study named 'nope'" in err and "fake" in err
     assert optuna.get_all_study_names(url) == ["fake"]
+
+
+def test_runs_record_the_commit_the_worker_started_with(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that lands in the checkout while a worker trains must not be credited to
+    the runs it makes: the worker imported the older code, so that commit is the one stored."""
+    import subprocess
+
+    from attnres_search.training import provenance
+
+    head = {"sha": "1111111"}
+
+    def fake_git(args: list[str], **_: Any) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(args, 0, stdout=head["sha"] + "\n")
+
+    monkeypatch.setattr(provenance.subprocess, "run", fake_git)
+    provenance.git_commit.cache_clear()
+
+    def runner(cfg: RunConfig, **kwargs: Any) -> RunResult:
+        head["sha"] = "2222222"  # someone commits while this run trains
+        result = fake_runner(cfg, **kwargs)
+        result.git_commit = provenance.git_commit()  # what training/run.py stores
+        return result
+
+    try:
+        create(url)
+        assert run_worker(opened(url), runner=runner, n_trials=2).completed == 2
+    finally:
+        provenance.git_commit.cache_clear()
+    commits = {t.user_attrs["git_commit"] for t in optuna.load_study(study_name="fake", storage=url).get_trials(
+        states=(TrialState.COMPLETE,))}
+    assert commits == {"1111111"}

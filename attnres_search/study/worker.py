@@ -88,8 +88,10 @@ def run_worker(handle: "StudyHandle", *, n_trials: int | None = None, progress: 
     ``time_limit``: claim only trials that fit, checkpoint and re-queue the running one at
     the deadline, and return (``summary.time_limited`` when work is left).
     """
+    from attnres_search.training.provenance import git_commit
     if runner is None:
         from attnres_search.training.run import run as runner
+    git_commit()  # pin the commit of the code this process imported, before any run
     handle.sync_heartbeat()
     handle.enqueue_missing(include_failed=requeue_failed)
     with WorkerInterrupts() as interrupts, route_optuna_logs() as logs:

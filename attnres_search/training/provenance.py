@@ -9,6 +9,7 @@ differently and training amplifies that to ~0.01 nats, the size of the effects s
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import platform
@@ -29,8 +30,14 @@ def versions() -> dict[str, str]:
     return found
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the checkout this package runs from; None outside a git checkout."""
+    """The commit of the checkout this package runs from; None outside a git checkout.
+
+    Read once per process: a worker imports the code when it starts, and commits that land
+    in the checkout while it trains do not change what it runs. Reading HEAD again after
+    each run would credit a run to code it never executed. Workers call this when they
+    start (:func:`attnres_search.study.worker.run_worker`), so the first run is covered too."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
