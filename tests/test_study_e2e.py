@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -69,6 +70,10 @@ def test_smoke_study_runs_to_completion_and_reports_the_stored_numbers(tmp_path:
     st = optuna.load_study(study_name="tiny", storage=url)
     trials = st.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4 and len({t.user_attrs[ATTR_CELL] for t in trials}) == 4
+    # Off a terminal the display is one timestamped line per trial start and end, with the loss.
+    for t in trials:
+        assert re.search(rf"^\d\d:\d\d:\d\d trial #{t.number} complete: loss {t.value:.4f} \(\d+ s\)$", err, re.M)
+    assert len(re.findall(r"^\d\d:\d\d:\d\d trial [1-4]/4 started: #\d ", err, re.M)) == 4
     for t in trials:
         attrs = t.user_attrs
         assert t.value == attrs["final_val_loss"] < 5.5  # it learned (ln 256 = 5.55 at the start)

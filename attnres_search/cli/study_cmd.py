@@ -116,11 +116,13 @@ def resume(name: str, storage: str | None, n_trials: int | None, time_limit: flo
 def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: bool, requeue_failed: bool = False,
                       devices_per_trial: int = 1, runner: Callable[..., Any] | None = None,
                       time_limit: float | None = None) -> "WorkerSummary":
-    """Run a worker on ``handle`` with the rich display (or, quiet, failure lines only);
+    """Run a worker on ``handle`` with the rich display (off a terminal, timestamped lines;
+    quiet, failure lines only);
     exit 1 when trials failed; return the worker's summary. ``runner``: see :func:`attnres_search.study.worker.run_worker`.
     ``time_limit`` (seconds): a worker stopped by it ends with its one line on what is
     left, printed even when quiet (it is why the worker stopped)."""
-    from attnres_search.cli.study_progress import FailureLines, RichStudyProgress
+    from attnres_search.cli.study_progress import FailureLines, ProgressLines, RichStudyProgress
+    from attnres_search.cli.terminal import stderr_console
     from attnres_search.study.time_limit import TimeLimit
     from attnres_search.study.worker import DiskFull, run_worker
 
@@ -129,6 +131,8 @@ def run_and_summarize(handle: "StudyHandle", *, n_trials: int | None, quiet: boo
     try:
         if quiet:
             summary = run_worker(handle, progress=FailureLines(), **kwargs)
+        elif not stderr_console().is_terminal:
+            summary = run_worker(handle, progress=ProgressLines(), **kwargs)
         else:
             with RichStudyProgress(handle) as progress:
                 summary = run_worker(handle, progress=progress, **kwargs)

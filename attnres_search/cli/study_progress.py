@@ -1,12 +1,14 @@
 """How a running study shows itself: the rich display (one bar for the study, trial i of
-n and the last loss; one for the trial in flight, its steps and latest validation loss),
-or, quiet, nothing but one line per failed trial. Both draw on stderr so that stdout
-keeps only what a script may want to read (reports)."""
+n and the last loss; one for the trial in flight, its steps and latest validation loss);
+off a terminal (a CI log, ``nohup``, ``| tee``), where rich draws its bars only when they
+stop, plain timestamped lines instead; or, quiet, nothing but one line per failed trial.
+All draw on stderr so that stdout keeps only what a script may want to read (reports)."""
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -46,6 +48,49 @@ class FailureLines:
 
     def waiting(self, running: int) -> None:
         pass
+
+
+class ProgressLines:
+    """The display off a terminal: one line when a trial starts and when it ends, and the
+    step of the trial in flight at most every ``every_s`` seconds, so a log that is read
+    while the study runs (``tail -f``) shows it alive. Implements
+    :class:`attnres_search.study.objective.StudyProgress`."""
+
+    def __init__(self, console: Console | None = None, *, every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = console or stderr_console()
+        self.every_s, self.clock = every_s, clock
+        self.started_at = self.last_line_at = clock()
+        self.trial_started_at = self.started_at
+        self.running: int | None = None
+
+    def _line(self, text: str) -> None:
+        self.last_line_at = self.clock()
+        stamp = time.strftime("%H:%M:%S")
+        self.console.print(f"{stamp} {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def trial_started(self, number: int, position: int, total: int | None, cell: str) -> None:
+        self.trial_started_at, self.running = self.clock(), None
+        self._line(f"trial {position}/{total or '?'} started: #{number} {cell}")
+
+    def step(self, step: int, total: int, val_loss: float | None) -> None:
+        if self.clock() - self.last_line_at < self.every_s:
+            return
+        loss = f"  val loss {val_loss:.4f}" if val_loss is not None else ""
+        self._line(f"  step {step}/{total}{loss}  ({self.clock() - self.trial_started_at:.0f} s)")
+
+    def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        loss = f": loss {value:.4f}" if value is not None and state == "complete" else ""
+        self._line(f"trial #{number} {state}{loss} ({self.clock() - self.trial_started_at:.0f} s)")
+
+    def trial_failed(self, failure: "FailedTrial") -> None:
+        self._line(failure_line(failure))
+
+    def waiting(self, running: int) -> None:
+        if running != self.running:
+            self.running = running
+            self._line(f"waiting for {running} running trial(s) (another worker's, or a dead one until its "
+                       "heartbeat grace ends)")
 
 
 class RichStudyProgress:
