@@ -140,8 +140,10 @@ def test_a_report_records_the_look_it_gives_a_verdict_at(seq_study: str, monkeyp
     assert code == 0, err
     code, out, _ = cli(["study", "status", "seq"], monkeypatch, capsys)
     assert "hardware: Test CPU 9000 [AVX2] (12 runs)" in out, "status names the hardware the runs used"
-    code, out, err = cli(["report", "seq"], monkeypatch, capsys)
+    code, out, err = cli(["report", "seq", "--format", "json"], monkeypatch, capsys)
     assert code == 0 and "recorded look 1 of 5 (3 pairs)" in err
+    notes = json.loads(out)["notes"]  # the report it prints already counts the look it recorded
+    assert any("1 look(s) taken from the data, 1 recorded" in n for n in notes), notes
     study = optuna.load_study(study_name="seq", storage=seq_study)
     assert [x["look"] for x in study.user_attrs[ATTR_LOOKS]] == [1]
     code, out, err = cli(["report", "seq"], monkeypatch, capsys)

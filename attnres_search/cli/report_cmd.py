@@ -13,6 +13,7 @@ from attnres_search.reports.tables import FORMATS
 from attnres_search.study.space import KINDS
 
 if TYPE_CHECKING:
+    from attnres_search.reports.records import StudyRecords
     from attnres_search.reports.tables import Report
     from attnres_search.study.handle import StudyHandle
 
@@ -39,41 +40,48 @@ def report(name: str, kind_arg: str | None, kind: str | None, fmt: str, plots: s
     """Report on study NAME: every variant against the baseline over seeds, with the paper's figures."""
     if kind_arg and kind and kind_arg != kind:
         raise click.BadParameter(f"KIND {kind_arg} and --kind {kind} disagree", param_hint="--kind")
+    from attnres_search.reports.records import load_records
+
     handle = open_handle(name, storage, "write" if save_note else "read")
-    _record_due_looks(handle, name, storage)
-    built = emit_report(handle, kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha, adjust=adjust)
+    records = load_records(handle.study, handle.space)  # read once, for the looks, the report and the note
+    _record_due_looks(handle, records, storage)
+    built = emit_report(handle, kind=kind or kind_arg, fmt=fmt, plots=plots, test=test, alpha=alpha, adjust=adjust,
+                        records=records)
     if save_note:
         from attnres_search.reports.dashboard import publish
-        from attnres_search.reports.records import load_records
 
-        published = publish(handle.study, built, load_records(handle.study, handle.space))
+        published = publish(handle.study, built, records)
         click.echo(f"saved the report as the note of study {name}, with {len(published.figures)} figure(s) "
                    "(optuna-dashboard shows them on the study's page)", err=True)
 
 
-def _record_due_looks(handle: "StudyHandle", name: str, storage: str | None) -> None:
+def _record_due_looks(handle: "StudyHandle", records: "StudyRecords", storage: str | None) -> None:
     """A report that gives a sequential verdict takes a look: looks the data reached and the
-    storage does not record yet are written (a finished study's are all recorded already, so
-    re-rendering it writes nothing)."""
-    from attnres_search.reports.records import load_records
-    from attnres_search.study.looks import due_looks, record_looks
+    storage does not record yet are written, and ``records`` then carries them (a finished
+    study's are all recorded already, so re-rendering it opens nothing for writing)."""
+    from attnres_search.study.looks import due_looks, record_looks, recorded_looks
 
-    if handle.space.design is None or not due_looks(handle.study, load_records(handle.study, handle.space)):
+    design = records.space.design
+    if design is None or not due_looks(handle.study, records):
         return
-    writer = open_handle(name, storage, "write")
-    for look in record_looks(writer.study, load_records(writer.study, writer.space), by="report"):
-        click.echo(f"study {name}: recorded look {look['look']} of {writer.space.design.n_looks} "
-                   f"({look['pairs']} pairs)", err=True)
+    writer = open_handle(handle.name, storage, "write")
+    for look in record_looks(writer.study, records, by="report"):
+        click.echo(f"study {handle.name}: recorded look {look['look']} of {design.n_looks} ({look['pairs']} pairs)",
+                   err=True)
+    records.looks = [dict(x) for x in recorded_looks(writer.study)]
 
 
 def emit_report(handle: "StudyHandle", *, kind: str | None = None, fmt: str = "table",
-                plots: str | None = None, test: str = "t", alpha: float = 0.05, adjust: str = "holm") -> "Report":
-    """Build, print (stdout) and optionally plot the report of an open study."""
+                plots: str | None = None, test: str = "t", alpha: float = 0.05, adjust: str = "holm",
+                records: "StudyRecords | None" = None) -> "Report":
+    """Build, print (stdout) and optionally plot the report of an open study (from
+    ``records`` when the caller has read them already)."""
     from attnres_search.reports.build import build_report
     from attnres_search.reports.records import load_records
     from attnres_search.reports.tables import render, rich_renderables
 
-    records = load_records(handle.study, handle.space)
+    if records is None:
+        records = load_records(handle.study, handle.space)
     st = handle.status()
     note = None
     if st.remaining:
