@@ -213,21 +213,22 @@ def test_existing_name_and_unknown_study_exit_2_without_changes(url: str, monkey
 
 def test_runs_record_the_commit_the_worker_started_with(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit that lands in the checkout while a worker trains must not be credited to
-    the runs it makes: the worker imported the older code, so that commit is the one stored."""
+    the runs it makes: the worker imported the older code, so that commit is the one stored;
+    and code run from an edited checkout is marked as not being any commit."""
     import subprocess
 
     from attnres_search.training import provenance
 
-    head = {"sha": "1111111"}
+    git = {"HEAD": "1111111", "status": " M attnres_search/model/rules/full.py"}
 
     def fake_git(args: list[str], **_: Any) -> subprocess.CompletedProcess:
-        return subprocess.CompletedProcess(args, 0, stdout=head["sha"] + "\n")
+        return subprocess.CompletedProcess(args, 0, stdout=git["HEAD" if args[1] == "rev-parse" else "status"] + "\n")
 
     monkeypatch.setattr(provenance.subprocess, "run", fake_git)
     provenance.git_commit.cache_clear()
 
     def runner(cfg: RunConfig, **kwargs: Any) -> RunResult:
-        head["sha"] = "2222222"  # someone commits while this run trains
+        git.update(HEAD="2222222", status="")  # someone commits the edit while this run trains
         result = fake_runner(cfg, **kwargs)
         result.git_commit = provenance.git_commit()  # what training/run.py stores
         return result
@@ -235,8 +236,10 @@ def test_runs_record_the_commit_the_worker_started_with(url: str, monkeypatch: p
     try:
         create(url)
         assert run_worker(opened(url), runner=runner, n_trials=2).completed == 2
+        provenance.git_commit.cache_clear()
+        assert provenance.git_commit() == "2222222", "a clean checkout is its commit"
     finally:
         provenance.git_commit.cache_clear()
     commits = {t.user_attrs["git_commit"] for t in optuna.load_study(study_name="fake", storage=url).get_trials(
         states=(TrialState.COMPLETE,))}
-    assert commits == {"1111111"}
+    assert commits == {"1111111+dirty"}

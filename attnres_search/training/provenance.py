@@ -32,24 +32,28 @@ def versions() -> dict[str, str]:
 
 @functools.cache
 def git_commit() -> str | None:
-    """The commit of the checkout this package runs from; None outside a git checkout.
+    """The commit of the checkout this package runs from, with ``+dirty`` when tracked files
+    differ from it (the code that ran is then not that commit); None outside a git checkout.
 
     Read once per process: a worker imports the code when it starts, and commits that land
     in the checkout while it trains do not change what it runs. Reading HEAD again after
     each run would credit a run to code it never executed. Workers call this when they
     start (:func:`attnres_search.study.worker.run_worker`), so the first run is covered too."""
+    head = _git("rev-parse", "HEAD")
+    if not head:
+        return None
+    changed = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}+dirty" if changed else head
+
+
+def _git(*args: str) -> str | None:
+    """``git ARGS`` in this package's folder: its stripped output, None when git fails."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
 
 
 def device_name(device: torch.device) -> str:
