@@ -13,6 +13,11 @@
 #   bench_eager    `bench step --json --path fused --path block-cache`: the two eager CUDA
 #                  training paths side by side (interleaved rounds), each row with its
 #                  TFLOP/s and MFU, ratios against the baseline on the same path
+#   profile        `bench profile --json --path fused --path block-cache --trace`: one profiled step
+#                  per rule and path: kernel launches per step and the rule's extra per sublayer,
+#                  device busy time and the idle share of the step (host overhead), the host's op
+#                  time, the residual stream's bytes and their time floor at the measured copy
+#                  bandwidth, the top kernels; gzipped Chrome traces under $OUT/traces
 #   bench_cudagraphs  `bench step --json --path cudagraphs`: compiled with CUDA graphs
 #                  (torch.compile reduce-overhead), its own process so a slow compile
 #                  cannot cost the eager figures
@@ -60,9 +65,9 @@ SHAPE=${SHAPE:---layers 8 --width 512 --heads 8 --seq-len 512 --batch-size 16}
 REPEATS=${REPEATS:-10}
 SMALL_STUDY=smoke_ablation
 KERNEL_TESTS="tests/test_kernels.py"
-# Step limits in seconds (each may be set in the environment). The checks' limits add up to 620 s,
-# their expected run time to about 330 s; no step runs past TOTAL seconds of the script.
-LIMIT_TESTS=${LIMIT_TESTS:-90} LIMIT_EAGER=${LIMIT_EAGER:-60} LIMIT_COMPILE=${LIMIT_COMPILE:-170}
+# Step limits in seconds (each may be set in the environment). The checks' limits add up to 680 s,
+# their expected run time to about 370 s; no step runs past TOTAL seconds of the script.
+LIMIT_TESTS=${LIMIT_TESTS:-90} LIMIT_EAGER=${LIMIT_EAGER:-60} LIMIT_PROFILE=${LIMIT_PROFILE:-60} LIMIT_COMPILE=${LIMIT_COMPILE:-170}
 LIMIT_WORKERS=${LIMIT_WORKERS:-90} WORKER_TIME=${WORKER_TIME:-60s} LIMIT_DDP=${LIMIT_DDP:-60}
 LIMIT_ONE_GPU=${LIMIT_ONE_GPU:-40} STUDY_MIN=${STUDY_MIN:-90} REPORT_RESERVE=${REPORT_RESERVE:-75}
 if [ "${QUICK:-0}" = 1 ]; then
@@ -70,7 +75,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   REPEATS=2
   STUDY_NAME=quick_design  # its space is written below: smoke-sized, with a design
   COMMITTED=/nonexistent
-  LIMIT_TESTS=${LIMIT_TESTS_QUICK:-60} LIMIT_EAGER=120 LIMIT_COMPILE=${LIMIT_COMPILE_QUICK:-300} WORKER_TIME=20s STUDY_MIN=30
+  LIMIT_TESTS=${LIMIT_TESTS_QUICK:-60} LIMIT_EAGER=120 LIMIT_PROFILE=120 LIMIT_COMPILE=${LIMIT_COMPILE_QUICK:-300} WORKER_TIME=20s STUDY_MIN=30
   export TRITON_INTERPRET=1  # the fused path runs in Triton's interpreter on a CPU
 fi
 mkdir -p "$OUT"
@@ -113,6 +118,11 @@ if [ "$STUDY" != only ]; then
   # shellcheck disable=SC2086
   step bench_eager "$LIMIT_EAGER" "$PY" -m attnres_search bench step --json --no-loops --repeats "$REPEATS" \
     --path fused --path block-cache $SHAPE
+  # Why a target is missed: launches, host overhead and bytes, per rule and path (before the
+  # compile, whose time is the least predictable).
+  # shellcheck disable=SC2086
+  step profile "$LIMIT_PROFILE" "$PY" -m attnres_search bench profile --json --steps 3 --path fused \
+    --path block-cache --trace "$OUT/traces" $SHAPE
   # shellcheck disable=SC2086
   step bench_cudagraphs "$LIMIT_COMPILE" "$PY" -m attnres_search bench step --json --no-loops --repeats "$REPEATS" \
     --path cudagraphs $SHAPE

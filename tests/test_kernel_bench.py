@@ -40,11 +40,11 @@ def test_variants_step_through_real_training_batches() -> None:
     """One repeated batch is memorised within a few steps and a faster-fitting variant then
     runs in another numerical regime; every variant instead draws the same first batches
     that ``train`` draws, a different one each step."""
-    from attnres_search.bench.step import _batches, _run_config
+    from attnres_search.bench.step import training_batches, run_config
     from attnres_search.training.data import LMDataModule, load_corpus
 
-    cfg = _run_config("baseline", layers=1, width=16, heads=2, seq_len=8, batch_size=2, steps=1)
-    got = _batches(cfg, 3, torch.device("cpu"))
+    cfg = run_config("baseline", layers=1, width=16, heads=2, seq_len=8, batch_size=2, steps=1)
+    got = training_batches(cfg, 3, torch.device("cpu"))
     data = LMDataModule(load_corpus(cfg.data), seq_len=8, batch_size=2, seed=0, val_windows=1)
     want = [b for b, _ in zip(data.train_dataloader(), range(3))]
     assert len(got) == 3
@@ -151,9 +151,9 @@ def _parse_cli_call(args: list[str]) -> str:
     return " ".join(path)
 
 
-CHECKS = ["env", "kernel_tests", "bench_eager", "bench_cudagraphs", "two_workers_study", "two_workers",
+CHECKS = ["env", "kernel_tests", "bench_eager", "profile", "bench_cudagraphs", "two_workers_study", "two_workers",
           "ddp_gloo_study", "ddp_gloo", "ddp_one_gpu", "multi_summary"]
-CHECK_CALLS = ["bench step", "bench step", "study start", "worker", "worker", "study start", "worker", "train"]
+CHECK_CALLS = ["bench step", "bench profile", "bench step", "study start", "worker", "worker", "study start", "worker", "train"]
 STUDY = ["study_start", "study_grow", "study_status", "report", "report_json"]
 STUDY_CALLS = ["study start", "study extend", "study status", "report", "report"]
 
@@ -278,3 +278,49 @@ def test_auto_trains_cuda_tensors_on_the_path_one_constant_names(monkeypatch: py
     assert not backend.reference_only(cuda, "triton") and backend.reference_only(cuda, "reference")
     with backend.use_backend("auto"):
         assert not backend.kernel_chosen(cuda, lambda: None, "the fused kernel")
+
+
+def test_busy_time_is_the_union_of_kernel_intervals() -> None:
+    from attnres_search.bench.profile import busy_time
+
+    assert busy_time([]) == 0.0
+    assert busy_time([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (5.5, 5.8), (2.5, 2.6)]) == pytest.approx(4.0)
+
+
+def test_mixing_bytes_follow_the_source_plan() -> None:
+    from attnres_search.bench.profile import STREAM_BYTES, mixing_bytes
+
+    shape = dict(layers=2, width=16, heads=2, seq_len=8, batch_size=2)
+    tensor = 2 * 8 * 16 * STREAM_BYTES
+    # 4 sublayers + the head = 5 mixing points. Full reads 1..5 sources there (15), the
+    # baseline one each (5); forward reads sources and writes each point's input, backward
+    # reads sources, the gradient and the saved input, and writes the sources' gradients.
+    assert mixing_bytes("full", shape) == (15 + 5) * tensor + (2 * 15 + 2 * 5) * tensor
+    assert mixing_bytes("baseline", shape) == (5 + 5) * tensor + (2 * 5 + 2 * 5) * tensor
+
+
+def test_bench_profile_counts_the_rules_extra_ops_and_writes_traces(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    import gzip
+
+    args = ["bench", "profile", *TINY[:10], "--warmup", "0", "--steps", "1", "--threads", "1", "--preset", "block-s2",
+            "--trace", str(tmp_path / "traces"), "--json"]
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    rows = {r["preset"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "block-s2"], "the baseline is always profiled first"
+    base, block = rows["baseline"], rows["block-s2"]
+    assert block["launches"] > base["launches"] > 0, "the rule's own ops are on top of the baseline's"
+    assert block["extra_launches_per_sublayer"] == pytest.approx((block["launches"] - base["launches"]) / 4)
+    assert base["extra_launches_per_sublayer"] == 0
+    assert block["mixing_bytes"] > base["mixing_bytes"]
+    for row in rows.values():  # a CPU has no device timeline and no copy bandwidth
+        assert row["device_ms"] is None and row["idle_fraction"] is None and row["extra_bytes_floor_ms"] is None
+        assert row["wall_ms"] > 0 and row["host_ms"] > 0 and row["top"] and row["top"][0]["calls"] > 0
+        trace = json.loads(gzip.open(row["trace"]).read())
+        assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])
+    code, out, _ = cli([*args[:-1]], monkeypatch, capsys)  # the table
+    assert code == 0 and "extra ATen calls/sublayer" in out and "block-s2 top ops by self CPU time" in out
+    code, _, err = cli(["bench", "profile", "--preset", "nope"], monkeypatch, capsys)
+    assert code == 2 and "unknown preset 'nope'" in err and len(err.strip().splitlines()) == 1

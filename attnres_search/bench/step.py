@@ -40,14 +40,14 @@ from attnres_search.bench import command_console
 from attnres_search.training.config import COMPILE_MODES
 
 
-def _sync(device: Any) -> None:
+def sync_device(device: Any) -> None:
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: int, batch_size: int, steps: int) -> Any:
+def run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: int, batch_size: int, steps: int) -> Any:
     from attnres_search.model.config import ModelConfig, preset
     from attnres_search.training.config import RunConfig
 
@@ -56,7 +56,7 @@ def _run_config(preset_name: str, layers: int, width: int, heads: int, seq_len: 
     return RunConfig(model=model, tokens=None, steps=steps, batch_size=batch_size, val_every=10**9, diagnostics_every=10**9)
 
 
-def _batches(cfg: Any, count: int, device: Any) -> list[tuple[Any, Any]]:
+def training_batches(cfg: Any, count: int, device: Any) -> list[tuple[Any, Any]]:
     """The first ``count`` training batches of the run's corpus, as ``train`` would draw them.
 
     Every variant steps through the same list: one batch repeated step after step is
@@ -72,7 +72,7 @@ def _batches(cfg: Any, count: int, device: Any) -> list[tuple[Any, Any]]:
     return [(x.to(device), y.to(device)) for x, y in itertools.islice(data.train_dataloader(), count)]
 
 
-def _bare_step_fn(cfg: Any, device: Any, autocast: bool, batches: list[tuple[Any, Any]],
+def bare_step_fn(cfg: Any, device: Any, autocast: bool, batches: list[tuple[Any, Any]],
                   compile_mode: str | None = None, backend: str | None = None) -> Callable[[], None]:
     """A closure doing one full optimizer step of a fresh model on the next of ``batches``,
     under the depth-attention ``backend`` (None: the one in force) at every call, so that
@@ -151,8 +151,8 @@ def bench_variants(
     training paths under ``name@path``); every round runs every row once, so entry ``r``
     of two lists was timed side by side."""
     autocast = device.type == "cuda"
-    batches = _batches(_run_config(presets[0], steps=1, **shape), warmup + repeats + 1, device)
-    steps = {arm.key: _bare_step_fn(_run_config(arm.preset, steps=1, **shape), device, autocast, batches,
+    batches = training_batches(run_config(presets[0], steps=1, **shape), warmup + repeats + 1, device)
+    steps = {arm.key: bare_step_fn(run_config(arm.preset, steps=1, **shape), device, autocast, batches,
                                     compile_mode=arm.compile_mode, backend=arm.backend)
              for arm in plan_arms(presets, compile_mode, paths)}
     compiled = {arm.key for arm in plan_arms(presets, compile_mode, paths) if arm.compile_mode is not None}
@@ -164,10 +164,10 @@ def bench_variants(
     for round_ in range(warmup + repeats):
         order = keys[round_ % len(keys):] + keys[: round_ % len(keys)]
         for name in order:
-            _sync(device)
+            sync_device(device)
             start = time.perf_counter()
             steps[name]()
-            _sync(device)
+            sync_device(device)
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
     return times
@@ -189,7 +189,7 @@ def _lightning_steps(cfg: Any, warmup: int) -> list[float]:
             self.starts: list[float] = []
 
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-            _sync(pl_module.device)
+            sync_device(pl_module.device)
             self.starts.append(time.perf_counter())
 
     with quiet_lightning():
@@ -221,7 +221,7 @@ def _bare_loop_steps(cfg: Any, warmup: int, device: Any, autocast: bool) -> list
     for step, (inputs, targets) in enumerate(data.train_dataloader()):
         if step == cfg.steps:
             break
-        _sync(device)
+        sync_device(device)
         starts.append(time.perf_counter())
         inputs, targets = inputs.to(device), targets.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -343,7 +343,7 @@ def step_flops(keys: list[str], shape: dict[str, int]) -> dict[str, float]:
     from attnres_search.model.flops import flops_per_token
 
     tokens = shape["batch_size"] * shape["seq_len"]
-    return {key: flops_per_token(_run_config(_split_key(key)[0], steps=1, **shape).model)["train"] * tokens
+    return {key: flops_per_token(run_config(_split_key(key)[0], steps=1, **shape).model)["train"] * tokens
             for key in keys}
 
 
@@ -402,7 +402,7 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     try:
         variant_times = bench_variants(presets, shape, warmup, repeats, device, compile_mode=mode, paths=paths)
         loops = None if no_loops else loop_summary(
-            bench_loops(_run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device))
+            bench_loops(run_config("baseline", steps=loop_steps, **shape), rounds, warmup, device))
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 

@@ -1,10 +1,11 @@
-"""``attnres-search bench kernels|step``: benchmarks that print ratios measured side by side."""
+"""``attnres-search bench kernels|step|profile``: benchmarks that print ratios measured side by side."""
 
 from __future__ import annotations
 
 import click
 
 from attnres_search.bench.kernels import command as kernels_command
+from attnres_search.bench.profile import command as profile_command
 from attnres_search.bench.step import command as step_command
 
 
@@ -19,3 +20,4 @@ def bench(ctx: click.Context) -> None:
 
 bench.add_command(kernels_command, "kernels")
 bench.add_command(step_command, "step")
+bench.add_command(profile_command, "profile")
