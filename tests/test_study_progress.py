@@ -24,8 +24,11 @@ def test_lines_are_throttled_by_the_clock_and_name_trial_step_and_loss() -> None
     lines.trial_finished(7, "complete", 3.4)
     lines.waiting(1)
     lines.waiting(1)  # polled again: nothing new to say
+    lines.trial_started(8, 3, 6, "variant=baseline seed=2")
     lines.trial_failed(FailedTrial(8, "variant=baseline seed=2", "loss became nan at step 3\ntraceback", "l.log"))
+    lines.trial_finished(8, "fail", None)  # the failure line said it already
     text = [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in out.getvalue().splitlines()]
+    assert out.getvalue().splitlines()[-1].startswith("trial 8 failed:"), "failure lines are never stamped"
     assert text == [
         "trial 2/6 started: #7 variant=full seed=1",
         "  step 30/100  val loss 3.4700  (30 s)",
@@ -33,5 +36,6 @@ def test_lines_are_throttled_by_the_clock_and_name_trial_step_and_loss() -> None
         "  step 90/100  val loss 3.4100  (90 s)",
         "trial #7 complete: loss 3.4000 (100 s)",
         "waiting for 1 running trial(s) (another worker's, or a dead one until its heartbeat grace ends)",
+        "trial 3/6 started: #8 variant=baseline seed=2",
         "trial 8 failed: variant=baseline seed=2: loss became nan at step 3 (log l.log)",
     ]

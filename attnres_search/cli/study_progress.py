@@ -80,11 +80,15 @@ class ProgressLines:
         self._line(f"  step {step}/{total}{loss}  ({self.clock() - self.trial_started_at:.0f} s)")
 
     def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        if state == "fail":
+            return  # its failure line said so, with the reason
         loss = f": loss {value:.4f}" if value is not None and state == "complete" else ""
         self._line(f"trial #{number} {state}{loss} ({self.clock() - self.trial_started_at:.0f} s)")
 
     def trial_failed(self, failure: "FailedTrial") -> None:
-        self._line(failure_line(failure))
+        # The same line, unstamped, as every other display prints: scripts grep for it.
+        self.last_line_at = self.clock()
+        self.console.print(failure_line(failure), markup=False, highlight=False, soft_wrap=True)
 
     def waiting(self, running: int) -> None:
         if running != self.running:
