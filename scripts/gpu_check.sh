@@ -20,7 +20,8 @@
 #                  bandwidth, the top kernels; gzipped Chrome traces under $OUT/traces
 #   bench_cudagraphs  `bench step --json --path cudagraphs`: compiled with CUDA graphs
 #                  (torch.compile reduce-overhead), its own process so a slow compile
-#                  cannot cost the eager figures
+#                  cannot cost the eager figures; baseline, block-s4 and full only (four
+#                  presets did not finish compiling in 170 s on the H200 of 2026-12-04)
 #   two_workers    two `worker` processes sharing GPU 0 on a small study (launch gives one
 #                  worker per GPU and refuses --gpus 0,0), then which process ran which trial
 #   ddp_gloo       one study trial with two DDP ranks (`worker --devices-per-trial 2`) on
@@ -125,7 +126,7 @@ if [ "$STUDY" != only ]; then
     --path block-cache --trace "$OUT/traces" $SHAPE
   # shellcheck disable=SC2086
   step bench_cudagraphs "$LIMIT_COMPILE" "$PY" -m attnres_search bench step --json --no-loops --repeats "$REPEATS" \
-    --path cudagraphs $SHAPE
+    --path cudagraphs --preset block-s4 --preset full $SHAPE
   # Two workers sharing GPU 0 on one small study (each claims trials atomically from the storage).
   step two_workers_study 30 "$PY" -m attnres_search study start "$SMALL_STUDY" --name two_workers --storage "$MULTI" \
     --n-trials 0

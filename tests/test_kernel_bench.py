@@ -324,3 +324,11 @@ def test_bench_profile_counts_the_rules_extra_ops_and_writes_traces(tmp_path, mo
     assert code == 0 and "extra ATen calls/sublayer" in out and "block-s2 top ops by self CPU time" in out
     code, _, err = cli(["bench", "profile", "--preset", "nope"], monkeypatch, capsys)
     assert code == 2 and "unknown preset 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_step_times_only_the_presets_asked(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = cli(["bench", "step", *TINY, "--no-loops", "--json", "--preset", "block-s2"], monkeypatch, capsys)
+    assert code == 0, err
+    assert [r["preset"] for r in json.loads(out)["rows"]] == ["baseline", "block-s2"]
+    code, _, err = cli(["bench", "step", *TINY, "--no-loops", "--preset", "nope"], monkeypatch, capsys)
+    assert code == 2 and "unknown preset 'nope'" in err and len(err.strip().splitlines()) == 1

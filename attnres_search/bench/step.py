@@ -354,6 +354,9 @@ def step_flops(keys: list[str], shape: dict[str, int]) -> dict[str, float]:
 @click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--block", "block_preset", default="block-s4", show_default=True, help="The block AttnRes preset to time.")
+@click.option("--preset", "only", multiple=True,
+              help="Time only these presets (repeatable; the baseline is always timed) instead of the baseline, "
+                   "--block, full and mhc: fewer graphs to compile on --path cudagraphs.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed steps (per round for loops).")
 @click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True, help="Timed steps per variant.")
 @click.option("--loop-steps", type=click.IntRange(min=3), default=40, show_default=True, help="Steps per loop round.")
@@ -376,7 +379,7 @@ def step_flops(keys: list[str], shape: dict[str, int]) -> dict[str, float]:
 @click.option("--no-loops", is_flag=True, help="Skip the Lightning-vs-bare-loop comparison.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object instead of tables.")
 def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, block_preset: str,
-            warmup: int, repeats: int, loop_steps: int, rounds: int, threads: int | None,
+            only: tuple[str, ...], warmup: int, repeats: int, loop_steps: int, rounds: int, threads: int | None,
             compile_too: bool, compile_mode: str, paths: tuple[str, ...], peak_tflops: float | None,
             no_loops: bool, as_json: bool) -> None:
     """Time baseline vs block vs full AttnRes vs mHC steps, and Lightning vs a bare loop."""
@@ -397,7 +400,7 @@ def command(layers: int, width: int, heads: int, seq_len: int, batch_size: int, 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak = device_peak(device.type, device_name, peak_tflops)
     shape = dict(layers=layers, width=width, heads=heads, seq_len=seq_len, batch_size=batch_size)
-    presets = list(dict.fromkeys(["baseline", block_preset, "full", "mhc"]))
+    presets = list(dict.fromkeys(["baseline", *(only or (block_preset, "full", "mhc"))]))
     mode = compile_mode if compile_too else None
     try:
         variant_times = bench_variants(presets, shape, warmup, repeats, device, compile_mode=mode, paths=paths)
