@@ -159,6 +159,42 @@ def test_depth_width_report_finds_the_optimum_and_equal_flops(tmp_path: Path, mo
     assert "every cell used the same training FLOPs" in notes and "(paper: baseline 60 → AttnRes 45)" in notes
     code, out, _ = cli(["report", "dw", "--plots", str(tmp_path / "p"), "--storage", url], monkeypatch, capsys)
     assert code == 0 and (tmp_path / "p" / "depth_width.png").exists() and "same training FLOPs" in out
+    assert {r["variant"]: r["bracketed"] for r in optima.values()} == {"baseline": "yes", "full": "yes"}
+    assert "does not bracket" not in notes
+
+
+def test_depth_width_report_says_when_the_grid_does_not_bracket_an_optimum(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """A pilot's range is right only when every arm's curve turns up on both sides of its lowest
+    shape; an arm still falling at an edge gets a bound ("≥ 64.0"), not an estimate, and a note."""
+    space = parse_space(DEPTH_WIDTH)
+    ratios = space.shapes.ratios
+    falling = {r: 2.0 - 0.01 * i for i, r in enumerate(ratios)}  # still improving at the widest shape
+    rising = {r: 2.0 + 0.01 * i + 0.002 * i * i for i, r in enumerate(ratios)}  # best at the deepest
+    losses = {(("variant", "baseline"), ("ratio", r)): [rising[r], rising[r] + 0.01] for r in ratios}
+    losses.update({(("variant", "full"), ("ratio", r)): [falling[r], falling[r] + 0.013] for r in ratios})
+    url = f"sqlite:///{tmp_path / 'dw.db'}"
+    synthetic_study(url, space, losses)
+    code, out, _ = cli(["report", "dw", "--format", "json", "--storage", url], monkeypatch, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    optima = {r["variant"]: r for r in doc["tables"]["optima"]}
+    assert optima["baseline"]["bracketed"] == "deepest" and optima["full"]["bracketed"] == "widest"
+    assert not optima["full"]["interior"] and not optima["baseline"]["interior"]
+    widest = max(r["actual_ratio"] for r in doc["tables"]["cells"])
+    deepest = min(r["actual_ratio"] for r in doc["tables"]["cells"])
+    notes = doc["notes"]
+    assert f"optimum d_model/L_b: baseline ≤ {deepest:.1f} → full ≥ {widest:.1f} (paper: baseline 60 → AttnRes 45)" \
+        in " ".join(notes)
+    assert sum("does not bracket its optimum" in n for n in notes) == 2
+    assert any(n.startswith("full is lowest at the widest shape measured") and "needs wider shapes" in n
+               for n in notes)
+    assert any(n.startswith("baseline is lowest at the deepest shape measured") and "needs deeper shapes" in n
+               for n in notes)
+    code, table, _ = cli(["report", "dw", "--format", "markdown", "--storage", url], monkeypatch, capsys)
+    assert code == 0
+    assert f"| full | ≥ {widest:.1f} |" in table and f"| baseline | ≤ {deepest:.1f} |" in table
+    assert "no: lowest at the widest shape" in table and "no: lowest at the deepest shape" in table
 
 
 SCALING = """

@@ -295,11 +295,12 @@ def _depth_width(report: Report, records: StudyRecords, opts: Options) -> None:
     _bootstrap_optima(optima, per_seed, base_name)
     report.tables.append(Table("optima", "Fitted optimum d_model/L_b (quadratic in log ratio)", [
         Column("Variant", key("variant"), "left"),
-        Column("Fitted optimum", key("optimum_ratio", lambda v: f"{v:.1f}")),
+        Column("Fitted optimum", lambda row: "—" if row.get("optimum_ratio") is None else _bound(row)),
         Column("95% CI (bootstrap)", _interval("optimum_ci_low", "optimum_ci_high", "{:.1f}")),
         Column(f"P(below {base_name})", key("p_below_baseline", lambda v: f"{v:.3f}")),
         Column("Loss there", key("optimum_loss", num)),
         Column("Inside grid", key("interior", lambda v: "yes" if v else "no (best measured)")),
+        Column("Bracketed", key("bracketed", _bracket_text)),
         Column("R²", key("r2", lambda v: f"{v:.3f}")),
         Column("Paper optimum", key("paper_optimum", lambda v: f"{v:.0f}")),
         Column("Paper loss", key("paper_loss", lambda v: num(v, 3))),
@@ -320,7 +321,7 @@ def _depth_width_optima(cells: list[Row]) -> list[Row]:
         family = next(r["family"] for r in cells if r["variant"] == variant)
         paper_opt = paper.DEPTH_WIDTH_OPTIMUM.get(family)
         row: Row = {"variant": variant, "family": family, "paper_optimum": paper_opt[0] if paper_opt else None,
-                    "paper_loss": paper_opt[1] if paper_opt else None}
+                    "paper_loss": paper_opt[1] if paper_opt else None, "bracketed": _bracketed(points)}
         try:
             fit = fits.fit_depth_width([p[0] for p in points], [p[1] for p in points])
         except ValueError:
@@ -330,6 +331,22 @@ def _depth_width_optima(cells: list[Row]) -> list[Row]:
                        r2=fit.r2, a=fit.a, b=fit.b, c=fit.c)
         out.append(row)
     return out
+
+
+def _bracketed(points: list[tuple[float, float]]) -> str | None:
+    """Whether the measured curve turns up on both sides of its lowest shape ("yes"), or where
+    its lowest shape sits on the grid's edge ("widest" / "deepest"): a pilot's range is good
+    only when every arm reads "yes", and an edge optimum is a bound, not an estimate."""
+    if len({r for r, _ in points}) < 3:
+        return None
+    ordered = sorted(points)
+    best = min(range(len(ordered)), key=lambda i: ordered[i][1])
+    return "deepest" if best == 0 else "widest" if best == len(ordered) - 1 else "yes"
+
+
+def _bracket_text(value: str | None) -> str:
+    return {"yes": "yes", "widest": "no: lowest at the widest shape",
+            "deepest": "no: lowest at the deepest shape"}.get(value or "", "—")
 
 
 def _interval(low: str, high: str, fmt: str) -> Any:
@@ -383,10 +400,24 @@ def _shift_notes(optima: list[Row], base_name: str) -> list[str]:
     if base is None:
         return ["optimum shift: no baseline fit (it needs three or more shapes with results)"]
     p_base, p_attn = paper.DEPTH_WIDTH_OPTIMUM["baseline"][0], paper.DEPTH_WIDTH_OPTIMUM["attnres"][0]
-    return [f"optimum d_model/L_b: {base_name} {base['optimum_ratio']:.1f} → {o['variant']} {o['optimum_ratio']:.1f} "
-            f"(paper: baseline {p_base:.0f} → AttnRes {p_attn:.0f})"
-            + (f"; P({o['variant']}'s optimum below {base_name}'s) = {o['p_below_baseline']:.3f} (bootstrap)"
-               if o.get("p_below_baseline") is not None else "") for o in ours]
+    notes = [f"optimum d_model/L_b: {base_name} {_bound(base)} → {o['variant']} {_bound(o)} "
+             f"(paper: baseline {p_base:.0f} → AttnRes {p_attn:.0f})"
+             + (f"; P({o['variant']}'s optimum below {base_name}'s) = {o['p_below_baseline']:.3f} (bootstrap)"
+                if o.get("p_below_baseline") is not None else "") for o in ours]
+    for o in [base, *ours]:
+        if o.get("bracketed") in ("widest", "deepest"):
+            side, beyond = ("widest", "wider") if o["bracketed"] == "widest" else ("deepest", "deeper")
+            notes.append(f"{o['variant']} is lowest at the {side} shape measured: the grid does not bracket its "
+                         f"optimum, which may lie beyond it, so its fitted optimum and any P(below) that rests on it "
+                         f"are bounds; bracketing it needs {beyond} shapes (at this parameter count, or with more "
+                         f"parameters)")
+    return notes
+
+
+def _bound(optimum: Row) -> str:
+    """An optimum as a report should state it: a value, or a bound where the grid's edge cut it."""
+    side = {"widest": "≥ ", "deepest": "≤ "}.get(optimum.get("bracketed") or "", "")
+    return f"{side if not optimum.get('interior') else ''}{optimum['optimum_ratio']:.1f}"
 
 
 # ------------------------------------------------------------------------------------ scaling
