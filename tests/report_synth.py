@@ -4,6 +4,7 @@ report's figures can be checked against a hand or scipy computation."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import optuna
@@ -11,6 +12,7 @@ import optuna
 from attnres_search.study.attrs import ATTR_CELL, ATTR_KIND, ATTR_SPACE, ATTR_SPACE_NAME
 from attnres_search.study.cells import cell_key
 from attnres_search.study.space import Space
+from tests.cli_runner import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -35,3 +37,15 @@ def store_trials(url: str, space: Space, losses: dict[Any, list[float]], attrs: 
             user.update(attrs(params, loss) if attrs else {})
             st.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
                                                    value=loss, user_attrs=user))
+
+
+def json_report(name: str, url: str, monkeypatch: Any, capsys: Any) -> dict[str, Any]:
+    """``report NAME --format json`` through the CLI, which must succeed."""
+    code, out, err = cli(["report", name, "--format", "json", "--storage", url], monkeypatch, capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def optima_by_variant(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A depth-width report's fitted-optimum rows, by variant."""
+    return {r["variant"]: r for r in doc["tables"]["optima"]}

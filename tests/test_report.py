@@ -17,6 +17,7 @@ from attnres_search.study.cells import cell_key
 from attnres_search.study.space import Space
 from attnres_search.study.space_file import parse_space
 from tests.cli_runner import cli
+from tests.report_synth import json_report, optima_by_variant
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 T_975_DF3 = 3.182446305284263
@@ -148,10 +149,8 @@ def test_depth_width_report_finds_the_optimum_and_equal_flops(tmp_path: Path, mo
 
     synthetic_study(url, space, losses, attrs=lambda run: {
         "flops_total": flops_per_token(run.model)["train"] * run.tokens, "params_non_embedding": 1})
-    code, out, _ = cli(["report", "dw", "--format", "json", "--storage", url], monkeypatch, capsys)
-    assert code == 0
-    doc = json.loads(out)
-    optima = {r["variant"]: r for r in doc["tables"]["optima"]}
+    doc = json_report("dw", url, monkeypatch, capsys)
+    optima = optima_by_variant(doc)
     assert optima["baseline"]["optimum_ratio"] == pytest.approx(20.0, rel=1e-6)
     assert optima["full"]["optimum_ratio"] == pytest.approx(10.0, rel=1e-6)
     assert optima["baseline"]["paper_optimum"] == 60 and optima["full"]["paper_optimum"] == 45
@@ -175,10 +174,8 @@ def test_depth_width_report_says_when_the_grid_does_not_bracket_an_optimum(tmp_p
     losses.update({(("variant", "full"), ("ratio", r)): [falling[r], falling[r] + 0.013] for r in ratios})
     url = f"sqlite:///{tmp_path / 'dw.db'}"
     synthetic_study(url, space, losses)
-    code, out, _ = cli(["report", "dw", "--format", "json", "--storage", url], monkeypatch, capsys)
-    assert code == 0
-    doc = json.loads(out)
-    optima = {r["variant"]: r for r in doc["tables"]["optima"]}
+    doc = json_report("dw", url, monkeypatch, capsys)
+    optima = optima_by_variant(doc)
     assert optima["baseline"]["bracketed"] == "deepest" and optima["full"]["bracketed"] == "widest"
     assert not optima["full"]["interior"] and not optima["baseline"]["interior"]
     widest = max(r["actual_ratio"] for r in doc["tables"]["cells"])

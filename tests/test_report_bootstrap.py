@@ -17,7 +17,7 @@ from attnres_search.reports.bootstrap import (BOOTSTRAP_SEED, SeedTable, bootstr
 from attnres_search.reports.fits import PowerLaw, compute_multiplier
 from attnres_search.study.space_file import parse_space
 from tests.cli_runner import cli
-from tests.report_synth import store_trials
+from tests.report_synth import optima_by_variant, store_trials
 
 RATIOS = [8.0, 16.0, 32.0, 64.0, 128.0]
 OPTIMUM = {"baseline": 40.0, "full": 20.0}
@@ -123,7 +123,7 @@ def test_depth_width_report_has_bootstrap_intervals(tmp_path: Path, monkeypatch,
     code, out, _ = cli(["report", "dwb", "--format", "json", "--storage", url], monkeypatch, capsys)
     assert code == 0
     doc = json.loads(out)
-    optima = {r["variant"]: r for r in doc["tables"]["optima"]}
+    optima = optima_by_variant(doc)
     for variant, opt in optimum.items():
         assert optima[variant]["optimum_ci_low"] == pytest.approx(opt, rel=1e-6)
         assert optima[variant]["optimum_ci_high"] == pytest.approx(opt, rel=1e-6)
