@@ -12,6 +12,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from attnres_search.reports.plots import optimum_marker
 from attnres_search.reports.variant_plots import mean_curve, mean_matrix, mean_profile
 from attnres_search.study.space_file import parse_space
 from tests.cli_runner import cli
@@ -184,3 +185,10 @@ seeds: 2
         _assert_drawn(figs / f"depth_mixing_ratio-{ratio}.png")
     _assert_drawn(figs / "forest.png", ("C0",))
     _assert_drawn(figs / "loss_curves.png", tuple(f"C{i}" for i in range(3)))  # 6 lines: (variant, ratio)
+
+
+def test_an_optimum_at_the_grids_edge_is_drawn_as_an_arrow_off_the_grid() -> None:
+    assert optimum_marker({"interior": True, "bracketed": "widest"}) == "*"  # the fit's vertex lies inside
+    assert optimum_marker({"interior": False, "bracketed": "widest"}) == ">"
+    assert optimum_marker({"interior": False, "bracketed": "deepest"}) == "<"
+    assert optimum_marker({"interior": False, "bracketed": "yes"}) == "*"  # a concave fit, best shape inside

@@ -111,6 +111,14 @@ def _block_size_plot(rows: list[Row], baseline: str, title: str, path: Path) -> 
     return variant_plots.save_figure(fig, path)
 
 
+def optimum_marker(optimum: Row) -> str:
+    """A star for an optimum the grid brackets; an arrow pointing off the grid for one that is
+    only a bound, so a figure cannot be read as locating it."""
+    if optimum.get("interior"):
+        return "*"
+    return {"widest": ">", "deepest": "<"}.get(optimum.get("bracketed") or "", "*")
+
+
 def _depth_width_plot(cells: list[Row], optima: list[Row], title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for opt in optima:
@@ -125,10 +133,11 @@ def _depth_width_plot(cells: list[Row], optima: list[Row], title: str, path: Pat
             lx = np.log(xs)
             ax.plot(xs, opt["a"] + opt["b"] * lx + opt["c"] * lx * lx, color=line[0].get_color(), alpha=0.7)
         if _ok(opt.get("optimum_ratio")):
-            ax.plot([opt["optimum_ratio"]], [opt["optimum_loss"]], "*", ms=14, color=line[0].get_color())
+            ax.plot([opt["optimum_ratio"]], [opt["optimum_loss"]], optimum_marker(opt), ms=14,
+                    color=line[0].get_color())
     ax.set_xscale("log")
     ax.set(xlabel="d_model / L_b", ylabel="final validation loss (equal FLOPs)",
-           title=f"{title}\n★ fitted optimum (paper: baseline 60 → AttnRes 45)")
+           title=f"{title}\n★ fitted optimum, ▶ ◀ a bound at the grid's edge (paper: 60 → 45)")
     ax.grid(alpha=0.3)
     ax.legend()
     return variant_plots.save_figure(fig, path)
