@@ -321,7 +321,7 @@ def _depth_width_optima(cells: list[Row]) -> list[Row]:
         family = next(r["family"] for r in cells if r["variant"] == variant)
         paper_opt = paper.DEPTH_WIDTH_OPTIMUM.get(family)
         row: Row = {"variant": variant, "family": family, "paper_optimum": paper_opt[0] if paper_opt else None,
-                    "paper_loss": paper_opt[1] if paper_opt else None, "bracketed": _bracketed(points)}
+                    "paper_loss": paper_opt[1] if paper_opt else None, "bracketed": fits.bracketed(*zip(*points)) if points else None}
         try:
             fit = fits.fit_depth_width([p[0] for p in points], [p[1] for p in points])
         except ValueError:
@@ -331,17 +331,6 @@ def _depth_width_optima(cells: list[Row]) -> list[Row]:
                        r2=fit.r2, a=fit.a, b=fit.b, c=fit.c)
         out.append(row)
     return out
-
-
-def _bracketed(points: list[tuple[float, float]]) -> str | None:
-    """Whether the measured curve turns up on both sides of its lowest shape ("yes"), or where
-    its lowest shape sits on the grid's edge ("widest" / "deepest"): a pilot's range is good
-    only when every arm reads "yes", and an edge optimum is a bound, not an estimate."""
-    if len({r for r, _ in points}) < 3:
-        return None
-    ordered = sorted(points)
-    best = min(range(len(ordered)), key=lambda i: ordered[i][1])
-    return "deepest" if best == 0 else "widest" if best == len(ordered) - 1 else "yes"
 
 
 def _bracket_text(value: str | None) -> str:
@@ -416,8 +405,9 @@ def _shift_notes(optima: list[Row], base_name: str) -> list[str]:
 
 def _bound(optimum: Row) -> str:
     """An optimum as a report should state it: a value, or a bound where the grid's edge cut it."""
-    side = {"widest": "≥ ", "deepest": "≤ "}.get(optimum.get("bracketed") or "", "")
-    return f"{side if not optimum.get('interior') else ''}{optimum['optimum_ratio']:.1f}"
+    side = {"widest": "≥ ", "deepest": "≤ ", None: ""}[fits.optimum_edge(optimum.get("interior"),
+                                                                        optimum.get("bracketed"))]
+    return f"{side}{optimum['optimum_ratio']:.1f}"
 
 
 # ------------------------------------------------------------------------------------ scaling

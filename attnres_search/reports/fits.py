@@ -50,6 +50,23 @@ def fit_depth_width(ratios: Sequence[float], losses: Sequence[float]) -> Quadrat
     return QuadraticFit(a, b, c, float(ratios[best]), float(y[best]), False, r2)
 
 
+def bracketed(ratios: Sequence[float], losses: Sequence[float]) -> str | None:
+    """Whether the measured curve turns up on both sides of its lowest shape ("yes"), or where
+    its lowest shape sits on the grid's edge ("widest" / "deepest"): a pilot's range is good
+    only when every arm reads "yes", and an edge optimum is a bound, not an estimate."""
+    if len(set(ratios)) < 3:
+        return None
+    ordered = sorted(zip(ratios, losses))
+    best = min(range(len(ordered)), key=lambda i: ordered[i][1])
+    return "deepest" if best == 0 else "widest" if best == len(ordered) - 1 else "yes"
+
+
+def optimum_edge(interior: bool | None, bracketed_as: str | None) -> str | None:
+    """The grid edge ("widest" / "deepest") that cuts an optimum, or None where the optimum is
+    an estimate: one rule for every place that prints or draws it as a bound."""
+    return None if interior or bracketed_as not in ("widest", "deepest") else bracketed_as
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """L = A · C^-alpha."""

@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attnres_search.reports import variant_plots  # noqa: E402
+from attnres_search.reports import fits, variant_plots  # noqa: E402
 from attnres_search.reports.records import StudyRecords  # noqa: E402
 from attnres_search.reports.tables import Report, Row  # noqa: E402
 
@@ -114,9 +114,8 @@ def _block_size_plot(rows: list[Row], baseline: str, title: str, path: Path) -> 
 def optimum_marker(optimum: Row) -> str:
     """A star for an optimum the grid brackets; an arrow pointing off the grid for one that is
     only a bound, so a figure cannot be read as locating it."""
-    if optimum.get("interior"):
-        return "*"
-    return {"widest": ">", "deepest": "<"}.get(optimum.get("bracketed") or "", "*")
+    return {"widest": ">", "deepest": "<", None: "*"}[fits.optimum_edge(optimum.get("interior"),
+                                                                        optimum.get("bracketed"))]
 
 
 def _depth_width_plot(cells: list[Row], optima: list[Row], title: str, path: Path) -> Path:
